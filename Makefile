@@ -1,0 +1,48 @@
+# istio-canary-upgrade: `make demo` runs the upgrade on the local sandbox; `make test` runs
+# every test (what CI runs). Both set up what they need from scratch.
+SHELL := /bin/bash
+include mk/venv.mk
+
+export PYTHONPATH := $(CURDIR)/include:$(CURDIR)
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+PYTEST := $(PY) -m pytest
+
+.PHONY: help setup system-deps sandbox-build sandbox-up sandbox-down test unit integration lint
+
+help:
+	@echo "make demo   - set up, start the sandbox and run the upgrade DAG on it"
+	@echo "make test   - set up and run lint, unit, integration and DAG tests (CI)"
+	@echo "make unit   - unit tests only (no cluster)"
+
+# Debian packages the sandbox needs: Prometheus and openssl (root, as on our machines).
+system-deps:
+	@command -v prometheus >/dev/null && command -v openssl >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends prometheus openssl >/dev/null; }
+
+sandbox-build:
+	sandbox/build.sh
+
+setup: venv system-deps sandbox-build
+
+sandbox-up: setup
+	sandbox/sandbox up --seed
+
+sandbox-down:
+	sandbox/sandbox down
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+unit: venv
+	$(PYTEST) tests/unit
+
+# The integration and DAG tests start the sandbox once for the session (and stop it after,
+# unless it was already running).
+integration: setup
+	$(PYTEST) tests/integration tests/dags
+
+test: setup lint
+	$(PYTEST) tests

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Builds the sandbox binaries from their Go modules into a cache outside the repo, one folder
+# per component and version, so a warm machine rebuilds nothing.
+# Usage: sandbox/build.sh [component ...]   (default: all; prints the bin folder of each)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+CACHE="${SANDBOX_CACHE:-$HOME/.cache/istio-canary-upgrade}"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" GOFLAGS=-mod=mod CGO_ENABLED=0
+
+log() { printf '[build] %s\n' "$*" >&2; }
+
+# build_into DIR NAME... : runs the body (a function) in a scratch module unless DIR has all NAMEs.
+have_all() { local dir=$1; shift; for b in "$@"; do [ -x "$dir/$b" ] || return 1; done; }
+
+timed() {
+  local what=$1; shift
+  local t0=$SECONDS
+  log "building $what"
+  "$@"
+  log "built $what in $((SECONDS - t0))s"
+}
+
+kubernetes() {
+  local v=$KUBERNETES_VERSION dir="$CACHE/kubernetes-$KUBERNETES_VERSION"
+  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  have_all "$dir" "${bins[@]}" && { echo "$dir"; return; }
+  local work; work=$(mktemp -d)
+  (
+    cd "$work"
+    go mod init sandbox/kubernetes >/dev/null 2>&1
+    # k8s.io/kubernetes pins its staging modules at v0.0.0 with local replaces that a
+    # consumer ignores: point each at the release tag that matches.
+    local gomod staging minor="${v#v1.}"
+    gomod=$(go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    staging=$(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod")
+    for m in $staging; do go mod edit -replace "$m=$m@v0.$minor"; done
+    go get "k8s.io/kubernetes@$v" >/dev/null 2>&1
+    local major=1 kminor="${minor%%.*}" date
+    date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    local ld="-s -w"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$kminor"
+      ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+    done
+    mkdir -p "$dir"
+    for b in "${bins[@]}"; do
+      local path="k8s.io/kubernetes/cmd/$b"
+      timed "$b $v" go build -trimpath -ldflags "$ld" -o "$dir/$b" "$path"
+    done
+  )
+  rm -rf "$work"
+  echo "$dir"
+}
+
+etcd() {
+  local dir="$CACHE/etcd-$ETCD_VERSION"
+  have_all "$dir" etcd && { echo "$dir"; return; }
+  local work; work=$(mktemp -d)
+  (
+    cd "$work"
+    # The etcd root module carries replace directives that a dependency cannot honour, so a
+    # small main module calls the server's own entry point instead.
+    go mod init sandbox/etcd >/dev/null 2>&1
+    cat > main.go <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1
+    go mod tidy >/dev/null 2>&1
+    mkdir -p "$dir"
+    timed "etcd $ETCD_VERSION" go build -trimpath -ldflags "-s -w" -o "$dir/etcd" .
+  )
+  rm -rf "$work"
+  echo "$dir"
+}
+
+kwok() {
+  local dir="$CACHE/kwok-$KWOK_VERSION"
+  have_all "$dir" kwok && [ -d "$dir/stages" ] && { echo "$dir"; return; }
+  local work; work=$(mktemp -d)
+  (
+    cd "$work"
+    go mod init sandbox/kwok >/dev/null 2>&1
+    go get "sigs.k8s.io/kwok@$KWOK_VERSION" >/dev/null 2>&1
+    mkdir -p "$dir"
+    timed "kwok $KWOK_VERSION" go build -trimpath \
+      -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
+      -o "$dir/kwok" sigs.k8s.io/kwok/cmd/kwok
+    # kwok's own stage definitions (node and pod lifecycles) ship in the module: keep them
+    # beside the binary so the sandbox can compose its config from them.
+    local src; src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+    mkdir -p "$dir/stages"
+    cp "$src"/node/fast/node-initialize.yaml "$src"/node/heartbeat/node-heartbeat.yaml \
+      "$src"/pod/fast/pod-ready.yaml "$src"/pod/fast/pod-complete.yaml \
+      "$src"/pod/fast/pod-delete.yaml "$dir/stages/"
+    chmod 644 "$dir"/stages/*
+  )
+  rm -rf "$work"
+  echo "$dir"
+}
+
+istioctl_build() {
+  local module=$1 version=$2 dir="$CACHE/istioctl-$2"
+  have_all "$dir" istioctl && { echo "$dir"; return; }
+  local work; work=$(mktemp -d)
+  (
+    cd "$work"
+    go mod init sandbox/istioctl >/dev/null 2>&1
+    go get "istio.io/istio@$module" >/dev/null 2>&1
+    local p=istio.io/istio/pkg/version
+    mkdir -p "$dir"
+    timed "istioctl $version" go build -trimpath \
+      -ldflags "-s -w -X $p.buildVersion=$version -X $p.buildTag=$version -X $p.buildHub=docker.io/istio -X $p.buildStatus=Clean" \
+      -o "$dir/istioctl" istio.io/istio/istioctl/cmd/istioctl
+  )
+  rm -rf "$work"
+  echo "$dir"
+}
+
+istioctl_old() { istioctl_build "$ISTIO_OLD_MODULE" "$ISTIO_OLD_VERSION"; }
+istioctl_new() { istioctl_build "$ISTIO_NEW_MODULE" "$ISTIO_NEW_VERSION"; }
+
+all=(etcd kwok kubernetes istioctl_old istioctl_new)
+for c in "${@:-${all[@]}}"; do
+  case " ${all[*]} " in *" $c "*) "$c" ;; *) echo "unknown component '$c'; use one of: ${all[*]}" >&2; exit 2 ;; esac
+done

@@ -1,0 +1,149 @@
+"""The procedure's starting state: the old Istio revision behind the `default` tag and a few
+meshed namespaces whose pods all run the old proxy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from sandbox.components import Layout, binary
+
+APP_NAMESPACES = ("foo", "bar", "baz", "qux")
+GATEWAY_NAMESPACE = "istio-ingress"
+GATEWAY = "istio-ingressgateway"
+NODES = 3
+
+
+def _labels(app: str) -> dict[str, str]:
+    return {"app": app, "version": "v1"}
+
+
+def _pod_template(app: str, annotations: dict[str, str] | None = None,
+                  image: str = "registry.k8s.io/e2e-test-images/agnhost:2.53") -> dict[str, Any]:
+    name = "istio-proxy" if image == "auto" else "app"
+    return {
+        "metadata": {"labels": _labels(app), "annotations": annotations or {}},
+        "spec": {"containers": [{"name": name, "image": image,
+                                 "ports": [{"containerPort": 8080}]}]},
+    }
+
+
+def deployment(namespace: str, name: str, replicas: int = 2, **template: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": _labels(name)},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": _pod_template(name, **template)},
+    }
+
+
+def statefulset(namespace: str, name: str, replicas: int = 2) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": namespace, "labels": _labels(name)},
+        "spec": {"replicas": replicas, "serviceName": name,
+                 "selector": {"matchLabels": {"app": name}},
+                 "template": _pod_template(name)},
+    }
+
+
+def namespace(name: str, tag: str = "default") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"istio.io/rev": tag}}}
+
+
+def node(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
+                     "labels": {"type": "kwok", "kubernetes.io/hostname": name}},
+        "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "500"},
+                   "capacity": {"cpu": "64", "memory": "256Gi", "pods": "500"}},
+    }
+
+
+def mesh_objects(extra_namespaces: int = 0) -> list[dict[str, Any]]:
+    """The meshed workloads of the starting state (nodes and namespaces first)."""
+    objs: list[dict[str, Any]] = [node(f"kwok-node-{i}") for i in range(NODES)]
+    objs.append(namespace(GATEWAY_NAMESPACE))
+    objs.append(deployment(GATEWAY_NAMESPACE, GATEWAY, image="auto",
+                           annotations={"inject.istio.io/templates": "gateway"}))
+    for ns in APP_NAMESPACES:
+        objs += [namespace(ns), deployment(ns, ns), deployment(ns, f"{ns}-backend")]
+    objs.append(statefulset("baz", "baz-db"))
+    for i in range(extra_namespaces):
+        ns = f"mesh-{i:04d}"
+        objs += [namespace(ns), deployment(ns, ns, replicas=1)]
+    return objs
+
+
+def kubectl(layout: Layout, *args: str, stdin: str | None = None) -> str:
+    cmd = [binary(layout, "kubernetes", "kubectl"), f"--kubeconfig={layout.kubeconfig}", *args]
+    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout
+
+
+def istioctl(layout: Layout, which: str, *args: str) -> str:
+    cmd = [binary(layout, f"istioctl_{which}", "istioctl"), f"--kubeconfig={layout.kubeconfig}",
+           *args]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"istioctl {' '.join(args)} failed ({out.returncode}):\n"
+                           f"{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+def control_plane_installed(layout: Layout, revision: str) -> bool:
+    out = kubectl(layout, "get", "deployment", "-n", "istio-system", f"istiod-{revision}",
+                  "--ignore-not-found", "-o", "name")
+    return bool(out.strip())
+
+
+def tag_revision(layout: Layout, tag: str) -> str | None:
+    out = kubectl(layout, "get", "mutatingwebhookconfiguration", f"istio-revision-tag-{tag}",
+                  "--ignore-not-found", "-o", "json")
+    return json.loads(out)["metadata"]["labels"].get("istio.io/rev") if out.strip() else None
+
+
+def wait_for_mesh(layout: Layout, revision: str, timeout: float = 180.0) -> None:
+    """Wait until every pod in the meshed namespaces is Ready and injected by `revision`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pods = json.loads(kubectl(layout, "get", "pods", "-A", "-l", "app", "-o", "json"))
+        pending = []
+        for pod in pods["items"]:
+            meta = pod["metadata"]
+            if meta["namespace"] == "istio-system":
+                continue
+            status = json.loads(meta.get("annotations", {}).get("sidecar.istio.io/status", "{}"))
+            ready = any(c["type"] == "Ready" and c["status"] == "True"
+                        for c in pod.get("status", {}).get("conditions", []))
+            if not ready or status.get("revision") != revision:
+                pending.append(f"{meta['namespace']}/{meta['name']}")
+        if not pending and pods["items"]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pods not ready on revision {revision}: {pending[:10]}")
+        time.sleep(1)
+
+
+def seed(layout: Layout, old_revision: str, extra_namespaces: int = 0) -> None:
+    """Install the old revision, point the `default` tag at it and create the meshed apps."""
+    t0 = time.monotonic()
+    if not control_plane_installed(layout, old_revision):
+        istioctl(layout, "old", "install", "-y", "--set", f"revision={old_revision}",
+                 "--set", "profile=minimal", "--readiness-timeout", "3m")
+    if tag_revision(layout, "default") != old_revision:
+        istioctl(layout, "old", "tag", "set", "default", "--revision", old_revision,
+                 "--overwrite", "-y")
+    items = {"apiVersion": "v1", "kind": "List", "items": mesh_objects(extra_namespaces)}
+    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-",
+            stdin=json.dumps(items))
+    wait_for_mesh(layout, old_revision)
+    print(f"[sandbox] seeded revision {old_revision} in {time.monotonic() - t0:.1f}s",
+          file=sys.stderr)
