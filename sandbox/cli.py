@@ -1,4 +1,4 @@
-"""`sandbox/sandbox up|down|status|env`: the local Kubernetes + Istio + Prometheus sandbox."""
+"""`sandbox/sandbox up|down|reset|status|env`: the local Kubernetes + Istio + Prometheus sandbox."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from sandbox import pki
 from sandbox.components import COMPONENTS, REPO, Layout, default_layout, pid_of, start, stop
-from sandbox.seed import seed
+from sandbox.seed import ensure_nodes, reset, seed
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -67,12 +66,17 @@ def env_lines(layout: Layout) -> list[str]:
 
 def up(layout: Layout, do_seed: bool, extra_namespaces: int) -> None:
     t0 = time.monotonic()
-    subprocess.run([str(REPO / "sandbox" / "build.sh")], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "SANDBOX_CACHE": str(layout.cache)})
+    subprocess.run(
+        [str(REPO / "sandbox" / "build.sh")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "SANDBOX_CACHE": str(layout.cache)},
+    )
     layout.home.mkdir(parents=True, exist_ok=True)
     pki.ensure_pki(layout.pki)
     layout.kubeconfig.write_text(KUBECONFIG.format(server=layout.server, pki=layout.pki))
     started = [c.name for c in COMPONENTS if start(layout, c)]
+    ensure_nodes(layout)
     if do_seed:
         seed(layout, revision_of(versions()["ISTIO_OLD_VERSION"]), extra_namespaces)
     what = f"started {', '.join(started)}" if started else "everything was already running"
@@ -103,12 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sandbox/sandbox", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="build what is missing, start every component")
-    p_up.add_argument("--seed", action="store_true",
-                      help="install the old Istio revision, the default tag and meshed apps")
-    p_up.add_argument("--extra-namespaces", type=int, default=0, metavar="N",
-                      help="with --seed: N more meshed namespaces (one Deployment each)")
+    p_up.add_argument(
+        "--seed",
+        action="store_true",
+        help="install the old Istio revision, the default tag and meshed apps",
+    )
+    p_up.add_argument(
+        "--extra-namespaces",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --seed: N more meshed namespaces (one Deployment each)",
+    )
     p_down = sub.add_parser("down", help="stop every component")
     p_down.add_argument("--purge", action="store_true", help="also delete the sandbox state")
+    sub.add_parser("reset", help="back to the seeded state (old revision everywhere)")
     sub.add_parser("status", help="which components run")
     sub.add_parser("env", help="print shell exports for the sandbox (KUBECONFIG, ...)")
     args = parser.parse_args(argv)
@@ -119,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         up(layout, args.seed, args.extra_namespaces)
     elif args.command == "down":
         down(layout, args.purge)
+    elif args.command == "reset":
+        v = versions()
+        reset(layout, revision_of(v["ISTIO_OLD_VERSION"]), revision_of(v["ISTIO_NEW_VERSION"]))
     elif args.command == "status":
         return status(layout)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -122,21 +123,28 @@ def start(layout: Layout, comp: Component, timeout: float = 120.0) -> bool:
     (layout.pids / f"{comp.name}.pid").write_text(str(proc.pid))
     t0 = time.monotonic()
     wait_ready(layout, comp, timeout, proc)
-    print(f"[sandbox] started {comp.name} (pid {proc.pid}) in {time.monotonic() - t0:.1f}s",
-          file=sys.stderr)
+    print(
+        f"[sandbox] started {comp.name} (pid {proc.pid}) in {time.monotonic() - t0:.1f}s",
+        file=sys.stderr,
+    )
     return True
 
 
-def wait_ready(layout: Layout, comp: Component, timeout: float,
-               proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_ready(
+    layout: Layout, comp: Component, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while not comp.ready(layout):
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{comp.name} exited with {proc.returncode}; see "
-                               f"{layout.logs / (comp.name + '.log')}")
+            raise RuntimeError(
+                f"{comp.name} exited with {proc.returncode}; see "
+                f"{layout.logs / (comp.name + '.log')}"
+            )
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{comp.name} not ready after {timeout:.0f}s; see "
-                               f"{layout.logs / (comp.name + '.log')}")
+            raise RuntimeError(
+                f"{comp.name} not ready after {timeout:.0f}s; see "
+                f"{layout.logs / (comp.name + '.log')}"
+            )
         time.sleep(0.2)
 
 
@@ -158,14 +166,13 @@ def stop(layout: Layout, name: str, grace: float = 10.0) -> bool:
             return True
         # Reap it if it is our child (it is not, in a later CLI call).
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return True
 
 
 # --- readiness probes ---------------------------------------------------------------------
+
 
 def _https_ok(layout: Layout, url: str) -> bool:
     ctx = ssl.create_default_context(cafile=str(layout.pki / "ca.crt"))
@@ -187,25 +194,35 @@ def _http_ok(url: str) -> bool:
 
 def binary(layout: Layout, component: str, name: str) -> str:
     """Path of a built binary: `sandbox/build.sh` prints and fills its cache folder."""
-    out = subprocess.run([str(REPO / "sandbox" / "build.sh"), component], check=True,
-                         capture_output=True, text=True, env={**os.environ,
-                         "SANDBOX_CACHE": str(layout.cache)})
+    out = subprocess.run(
+        [str(REPO / "sandbox" / "build.sh"), component],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SANDBOX_CACHE": str(layout.cache)},
+    )
     return str(Path(out.stdout.strip().splitlines()[-1]) / name)
 
 
 # --- the components -----------------------------------------------------------------------
 
+
 def _etcd(layout: Layout) -> list[str]:
     p = layout.etcd_port
-    return [binary(layout, "etcd", "etcd"), "--name=sandbox",
-            f"--data-dir={layout.home / 'etcd'}",
-            f"--listen-client-urls=http://127.0.0.1:{p}",
-            f"--advertise-client-urls=http://127.0.0.1:{p}",
-            f"--listen-peer-urls=http://127.0.0.1:{p + 1}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{p + 1}",
-            f"--initial-cluster=sandbox=http://127.0.0.1:{p + 1}",
-            "--quota-backend-bytes=4294967296", "--unsafe-no-fsync=true",
-            "--listen-metrics-urls=", "--log-level=warn"]
+    return [
+        binary(layout, "etcd", "etcd"),
+        "--name=sandbox",
+        f"--data-dir={layout.home / 'etcd'}",
+        f"--listen-client-urls=http://127.0.0.1:{p}",
+        f"--advertise-client-urls=http://127.0.0.1:{p}",
+        f"--listen-peer-urls=http://127.0.0.1:{p + 1}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{p + 1}",
+        f"--initial-cluster=sandbox=http://127.0.0.1:{p + 1}",
+        "--quota-backend-bytes=4294967296",
+        "--unsafe-no-fsync=true",
+        "--listen-metrics-urls=",
+        "--log-level=warn",
+    ]
 
 
 EGRESS_CONFIG = """apiVersion: apiserver.k8s.io/v1beta1
@@ -224,48 +241,67 @@ egressSelections:
 
 def _apiserver_prepare(layout: Layout) -> None:
     (layout.home / "egress-selector.yaml").write_text(
-        EGRESS_CONFIG.format(socket=layout.egress_socket))
+        EGRESS_CONFIG.format(socket=layout.egress_socket)
+    )
 
 
 def _apiserver(layout: Layout) -> list[str]:
     pki = layout.pki
-    return [binary(layout, "kubernetes", "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{layout.etcd_port}",
-            "--bind-address=127.0.0.1", f"--secure-port={layout.apiserver_port}",
-            "--advertise-address=127.0.0.1",
-            # Nothing can reach a loopback endpoint from a pod; keep the kubernetes Service bare.
-            "--endpoint-reconciler-type=none",
-            "--service-cluster-ip-range=10.96.0.0/16",
-            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--egress-selector-config-file={layout.home / 'egress-selector.yaml'}",
-            "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
-            "--storage-media-type=application/vnd.kubernetes.protobuf",
-            f"--cert-dir={layout.home / 'apiserver-certs'}", "--v=1"]
+    return [
+        binary(layout, "kubernetes", "kube-apiserver"),
+        f"--etcd-servers=http://127.0.0.1:{layout.etcd_port}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={layout.apiserver_port}",
+        "--advertise-address=127.0.0.1",
+        # Nothing can reach a loopback endpoint from a pod; keep the kubernetes Service bare.
+        "--endpoint-reconciler-type=none",
+        "--service-cluster-ip-range=10.96.0.0/16",
+        "--authorization-mode=Node,RBAC",
+        "--allow-privileged=true",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--egress-selector-config-file={layout.home / 'egress-selector.yaml'}",
+        "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+        "--storage-media-type=application/vnd.kubernetes.protobuf",
+        f"--cert-dir={layout.home / 'apiserver-certs'}",
+        "--v=1",
+    ]
 
 
 def _controller_manager(layout: Layout) -> list[str]:
-    return [binary(layout, "kubernetes", "kube-controller-manager"),
-            f"--kubeconfig={layout.kubeconfig}", "--leader-elect=false",
-            "--bind-address=127.0.0.1", "--secure-port=0",
-            f"--root-ca-file={layout.pki / 'ca.crt'}",
-            f"--service-account-private-key-file={layout.pki / 'sa.key'}",
-            "--use-service-account-credentials=false",
-            "--kube-api-qps=500", "--kube-api-burst=1000",
-            "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
-            "--concurrent-statefulset-syncs=10", "--v=1"]
+    return [
+        binary(layout, "kubernetes", "kube-controller-manager"),
+        f"--kubeconfig={layout.kubeconfig}",
+        "--leader-elect=false",
+        "--bind-address=127.0.0.1",
+        "--secure-port=0",
+        f"--root-ca-file={layout.pki / 'ca.crt'}",
+        f"--service-account-private-key-file={layout.pki / 'sa.key'}",
+        "--use-service-account-credentials=false",
+        "--kube-api-qps=500",
+        "--kube-api-burst=1000",
+        "--concurrent-deployment-syncs=10",
+        "--concurrent-replicaset-syncs=10",
+        "--concurrent-statefulset-syncs=10",
+        "--v=1",
+    ]
 
 
 def _scheduler(layout: Layout) -> list[str]:
-    return [binary(layout, "kubernetes", "kube-scheduler"),
-            f"--kubeconfig={layout.kubeconfig}", "--leader-elect=false",
-            "--bind-address=127.0.0.1", "--secure-port=0",
-            "--kube-api-qps=500", "--kube-api-burst=1000", "--v=1"]
+    return [
+        binary(layout, "kubernetes", "kube-scheduler"),
+        f"--kubeconfig={layout.kubeconfig}",
+        "--leader-elect=false",
+        "--bind-address=127.0.0.1",
+        "--secure-port=0",
+        "--kube-api-qps=500",
+        "--kube-api-burst=1000",
+        "--v=1",
+    ]
 
 
 def kwok_config(stages_dir: Path, pod_ready_delay_ms: int) -> str:
@@ -275,8 +311,11 @@ def kwok_config(stages_dir: Path, pod_ready_delay_ms: int) -> str:
         text = f.read_text()
         if f.name == "pod-ready.yaml":
             # A short delay makes rollouts take observable time, as real pods do.
-            text = text.replace("  next:\n", f"  delay:\n    durationMilliseconds: "
-                                f"{pod_ready_delay_ms}\n  next:\n", 1)
+            text = text.replace(
+                "  next:\n",
+                f"  delay:\n    durationMilliseconds: {pod_ready_delay_ms}\n  next:\n",
+                1,
+            )
         docs.append(text.strip())
     return "\n---\n".join(docs) + "\n"
 
@@ -287,9 +326,13 @@ def _kwok_prepare(layout: Layout) -> None:
 
 
 def _kwok(layout: Layout) -> list[str]:
-    return [binary(layout, "kwok", "kwok"), f"--kubeconfig={layout.kubeconfig}",
-            f"--config={layout.home / 'kwok.yaml'}", "--manage-all-nodes=true",
-            f"--server-address=127.0.0.1:{layout.kwok_port}"]
+    return [
+        binary(layout, "kwok", "kwok"),
+        f"--kubeconfig={layout.kubeconfig}",
+        f"--config={layout.home / 'kwok.yaml'}",
+        "--manage-all-nodes=true",
+        f"--server-address=127.0.0.1:{layout.kwok_port}",
+    ]
 
 
 def _python(module: str, *args: str) -> list[str]:
@@ -297,15 +340,31 @@ def _python(module: str, *args: str) -> list[str]:
 
 
 def _injector(layout: Layout) -> list[str]:
-    return _python("sandbox.injector", "--server", layout.server, "--pki", str(layout.pki),
-                   "--socket", str(layout.egress_socket),
-                   "--workdir", str(layout.home / "injector"))
+    return _python(
+        "sandbox.injector",
+        "--server",
+        layout.server,
+        "--pki",
+        str(layout.pki),
+        "--socket",
+        str(layout.egress_socket),
+        "--workdir",
+        str(layout.home / "injector"),
+    )
 
 
 def _traffic(layout: Layout) -> list[str]:
-    return _python("sandbox.traffic", "--server", layout.server, "--pki", str(layout.pki),
-                   "--listen", f"127.0.0.1:{layout.traffic_port}",
-                   "--knobs", str(layout.knobs))
+    return _python(
+        "sandbox.traffic",
+        "--server",
+        layout.server,
+        "--pki",
+        str(layout.pki),
+        "--listen",
+        f"127.0.0.1:{layout.traffic_port}",
+        "--knobs",
+        str(layout.knobs),
+    )
 
 
 PROMETHEUS_CONFIG = """global:
@@ -321,30 +380,47 @@ scrape_configs:
 
 def _prometheus_prepare(layout: Layout) -> None:
     if shutil.which("prometheus") is None:
-        raise RuntimeError("prometheus is not installed; run `apt-get install -y prometheus` "
-                           "(make setup does)")
-    (layout.home / "prometheus.yml").write_text(
-        PROMETHEUS_CONFIG.format(port=layout.traffic_port))
+        raise RuntimeError(
+            "prometheus is not installed; run `apt-get install -y prometheus` (make setup does)"
+        )
+    (layout.home / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(port=layout.traffic_port))
 
 
 def _prometheus(layout: Layout) -> list[str]:
-    return ["prometheus", f"--config.file={layout.home / 'prometheus.yml'}",
-            f"--storage.tsdb.path={layout.home / 'prometheus'}",
-            f"--web.listen-address=127.0.0.1:{layout.prometheus_port}",
-            "--storage.tsdb.retention.time=2d", "--log.level=warn"]
+    return [
+        "prometheus",
+        f"--config.file={layout.home / 'prometheus.yml'}",
+        f"--storage.tsdb.path={layout.home / 'prometheus'}",
+        f"--web.listen-address=127.0.0.1:{layout.prometheus_port}",
+        "--storage.tsdb.retention.time=2d",
+        "--log.level=warn",
+    ]
 
 
 COMPONENTS: tuple[Component, ...] = (
     Component("etcd", _etcd, lambda lo: _http_ok(f"http://127.0.0.1:{lo.etcd_port}/health")),
-    Component("kube-apiserver", _apiserver, lambda lo: _https_ok(lo, f"{lo.server}/readyz"),
-              prepare=_apiserver_prepare),
+    Component(
+        "kube-apiserver",
+        _apiserver,
+        lambda lo: _https_ok(lo, f"{lo.server}/readyz"),
+        prepare=_apiserver_prepare,
+    ),
     Component("injector", _injector, lambda lo: lo.egress_socket.exists()),
     Component("kube-controller-manager", _controller_manager, lambda lo: True),
     Component("kube-scheduler", _scheduler, lambda lo: True),
-    Component("kwok", _kwok, lambda lo: _http_ok(f"http://127.0.0.1:{lo.kwok_port}/healthz"),
-              prepare=_kwok_prepare),
-    Component("traffic", _traffic,
-              lambda lo: _http_ok(f"http://127.0.0.1:{lo.traffic_port}/metrics")),
-    Component("prometheus", _prometheus,
-              lambda lo: _http_ok(f"{lo.prometheus_url}/-/ready"), prepare=_prometheus_prepare),
+    Component(
+        "kwok",
+        _kwok,
+        lambda lo: _http_ok(f"http://127.0.0.1:{lo.kwok_port}/healthz"),
+        prepare=_kwok_prepare,
+    ),
+    Component(
+        "traffic", _traffic, lambda lo: _http_ok(f"http://127.0.0.1:{lo.traffic_port}/metrics")
+    ),
+    Component(
+        "prometheus",
+        _prometheus,
+        lambda lo: _http_ok(f"{lo.prometheus_url}/-/ready"),
+        prepare=_prometheus_prepare,
+    ),
 )

@@ -39,14 +39,32 @@ def signed_cert(
     _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
     ext = pki / f"{name}.ext"
     usage = "clientAuth" if client else "serverAuth"
-    lines = ["basicConstraints=CA:FALSE", "keyUsage=digitalSignature,keyEncipherment",
-             f"extendedKeyUsage={usage}"]
+    lines = [
+        "basicConstraints=CA:FALSE",
+        "keyUsage=digitalSignature,keyEncipherment",
+        f"extendedKeyUsage={usage}",
+    ]
     if sans:
         lines.append("subjectAltName=" + ",".join(sans))
     ext.write_text("\n".join(lines) + "\n")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(pki / "ca.crt"), "-CAkey",
-             str(pki / "ca.key"), "-CAcreateserial", "-days", "3650", "-sha256",
-             "-extfile", str(ext), "-out", str(crt))
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(pki / "ca.crt"),
+        "-CAkey",
+        str(pki / "ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-sha256",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(crt),
+    )
     csr.unlink()
     ext.unlink()
 
@@ -56,11 +74,24 @@ def ensure_pki(pki: Path) -> None:
     pki.mkdir(parents=True, exist_ok=True)
     _key(pki / "ca.key")
     if not (pki / "ca.crt").exists():
-        _openssl("req", "-x509", "-new", "-key", str(pki / "ca.key"), "-subj",
-                 "/CN=istio-canary-sandbox-ca", "-days", "3650", "-sha256",
-                 "-addext", "basicConstraints=critical,CA:TRUE",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-                 "-out", str(pki / "ca.crt"))
+        _openssl(
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            str(pki / "ca.key"),
+            "-subj",
+            "/CN=istio-canary-sandbox-ca",
+            "-days",
+            "3650",
+            "-sha256",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            "-out",
+            str(pki / "ca.crt"),
+        )
     signed_cert(pki, "apiserver", "/CN=kube-apiserver", APISERVER_SANS)
     signed_cert(pki, "admin", "/O=system:masters/CN=admin", client=True)
     _key(pki / "sa.key")

@@ -21,56 +21,82 @@ def _labels(app: str) -> dict[str, str]:
     return {"app": app, "version": "v1"}
 
 
-def _pod_template(app: str, annotations: dict[str, str] | None = None,
-                  image: str = "registry.k8s.io/e2e-test-images/agnhost:2.53") -> dict[str, Any]:
+def _pod_template(
+    app: str,
+    annotations: dict[str, str] | None = None,
+    image: str = "registry.k8s.io/e2e-test-images/agnhost:2.53",
+) -> dict[str, Any]:
     name = "istio-proxy" if image == "auto" else "app"
     return {
         "metadata": {"labels": _labels(app), "annotations": annotations or {}},
-        "spec": {"containers": [{"name": name, "image": image,
-                                 "ports": [{"containerPort": 8080}]}]},
+        "spec": {
+            "containers": [{"name": name, "image": image, "ports": [{"containerPort": 8080}]}]
+        },
     }
 
 
 def deployment(namespace: str, name: str, replicas: int = 2, **template: Any) -> dict[str, Any]:
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": _labels(name)},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                 "template": _pod_template(name, **template)},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": _pod_template(name, **template),
+        },
     }
 
 
 def statefulset(namespace: str, name: str, replicas: int = 2) -> dict[str, Any]:
     return {
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
         "metadata": {"name": name, "namespace": namespace, "labels": _labels(name)},
-        "spec": {"replicas": replicas, "serviceName": name,
-                 "selector": {"matchLabels": {"app": name}},
-                 "template": _pod_template(name)},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "template": _pod_template(name),
+        },
     }
 
 
 def namespace(name: str, tag: str = "default") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": {"istio.io/rev": tag}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"istio.io/rev": tag}},
+    }
 
 
 def node(name: str) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
-                     "labels": {"type": "kwok", "kubernetes.io/hostname": name}},
-        "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "500"},
-                   "capacity": {"cpu": "64", "memory": "256Gi", "pods": "500"}},
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {"type": "kwok", "kubernetes.io/hostname": name},
+        },
+        "status": {
+            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "500"},
+            "capacity": {"cpu": "64", "memory": "256Gi", "pods": "500"},
+        },
     }
 
 
 def mesh_objects(extra_namespaces: int = 0) -> list[dict[str, Any]]:
-    """The meshed workloads of the starting state (nodes and namespaces first)."""
-    objs: list[dict[str, Any]] = [node(f"kwok-node-{i}") for i in range(NODES)]
-    objs.append(namespace(GATEWAY_NAMESPACE))
-    objs.append(deployment(GATEWAY_NAMESPACE, GATEWAY, image="auto",
-                           annotations={"inject.istio.io/templates": "gateway"}))
+    """The meshed workloads of the starting state (each namespace before its workloads)."""
+    objs: list[dict[str, Any]] = [namespace(GATEWAY_NAMESPACE)]
+    objs.append(
+        deployment(
+            GATEWAY_NAMESPACE,
+            GATEWAY,
+            image="auto",
+            annotations={"inject.istio.io/templates": "gateway"},
+        )
+    )
     for ns in APP_NAMESPACES:
         objs += [namespace(ns), deployment(ns, ns), deployment(ns, f"{ns}-backend")]
     objs.append(statefulset("baz", "baz-db"))
@@ -78,6 +104,13 @@ def mesh_objects(extra_namespaces: int = 0) -> list[dict[str, Any]]:
         ns = f"mesh-{i:04d}"
         objs += [namespace(ns), deployment(ns, ns, replicas=1)]
     return objs
+
+
+def ensure_nodes(layout: Layout) -> None:
+    """The kwok nodes pods are scheduled to (kwok keeps them Ready)."""
+    items = {"apiVersion": "v1", "kind": "List",
+             "items": [node(f"kwok-node-{i}") for i in range(NODES)]}
+    kubectl(layout, "apply", "--server-side", "-f", "-", stdin=json.dumps(items))
 
 
 def kubectl(layout: Layout, *args: str, stdin: str | None = None) -> str:
@@ -89,24 +122,39 @@ def kubectl(layout: Layout, *args: str, stdin: str | None = None) -> str:
 
 
 def istioctl(layout: Layout, which: str, *args: str) -> str:
-    cmd = [binary(layout, f"istioctl_{which}", "istioctl"), f"--kubeconfig={layout.kubeconfig}",
-           *args]
+    cmd = [
+        binary(layout, f"istioctl_{which}", "istioctl"),
+        f"--kubeconfig={layout.kubeconfig}",
+        *args,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"istioctl {' '.join(args)} failed ({out.returncode}):\n"
-                           f"{out.stdout}\n{out.stderr}")
+        raise RuntimeError(
+            f"istioctl {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+        )
     return out.stdout
 
 
 def control_plane_installed(layout: Layout, revision: str) -> bool:
+    """istiod-<revision> exists and is available (a half-finished install counts as not)."""
     out = kubectl(layout, "get", "deployment", "-n", "istio-system", f"istiod-{revision}",
-                  "--ignore-not-found", "-o", "name")
-    return bool(out.strip())
+                  "--ignore-not-found", "-o", "json")
+    if not out.strip():
+        return False
+    status = json.loads(out).get("status", {})
+    return bool(status.get("availableReplicas")) and not status.get("unavailableReplicas")
 
 
 def tag_revision(layout: Layout, tag: str) -> str | None:
-    out = kubectl(layout, "get", "mutatingwebhookconfiguration", f"istio-revision-tag-{tag}",
-                  "--ignore-not-found", "-o", "json")
+    out = kubectl(
+        layout,
+        "get",
+        "mutatingwebhookconfiguration",
+        f"istio-revision-tag-{tag}",
+        "--ignore-not-found",
+        "-o",
+        "json",
+    )
     return json.loads(out)["metadata"]["labels"].get("istio.io/rev") if out.strip() else None
 
 
@@ -121,8 +169,10 @@ def wait_for_mesh(layout: Layout, revision: str, timeout: float = 180.0) -> None
             if meta["namespace"] == "istio-system":
                 continue
             status = json.loads(meta.get("annotations", {}).get("sidecar.istio.io/status", "{}"))
-            ready = any(c["type"] == "Ready" and c["status"] == "True"
-                        for c in pod.get("status", {}).get("conditions", []))
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in pod.get("status", {}).get("conditions", [])
+            )
             if not ready or status.get("revision") != revision:
                 pending.append(f"{meta['namespace']}/{meta['name']}")
         if not pending and pods["items"]:
@@ -136,14 +186,88 @@ def seed(layout: Layout, old_revision: str, extra_namespaces: int = 0) -> None:
     """Install the old revision, point the `default` tag at it and create the meshed apps."""
     t0 = time.monotonic()
     if not control_plane_installed(layout, old_revision):
-        istioctl(layout, "old", "install", "-y", "--set", f"revision={old_revision}",
-                 "--set", "profile=minimal", "--readiness-timeout", "3m")
+        istioctl(
+            layout,
+            "old",
+            "install",
+            "-y",
+            "--set",
+            f"revision={old_revision}",
+            "--set",
+            "profile=minimal",
+            "--readiness-timeout",
+            "3m",
+        )
     if tag_revision(layout, "default") != old_revision:
-        istioctl(layout, "old", "tag", "set", "default", "--revision", old_revision,
-                 "--overwrite", "-y")
+        istioctl(
+            layout, "old", "tag", "set", "default", "--revision", old_revision, "--overwrite", "-y"
+        )
     items = {"apiVersion": "v1", "kind": "List", "items": mesh_objects(extra_namespaces)}
-    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-",
-            stdin=json.dumps(items))
+    kubectl(
+        layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(items)
+    )
     wait_for_mesh(layout, old_revision)
-    print(f"[sandbox] seeded revision {old_revision} in {time.monotonic() - t0:.1f}s",
-          file=sys.stderr)
+    print(
+        f"[sandbox] seeded revision {old_revision} in {time.monotonic() - t0:.1f}s", file=sys.stderr
+    )
+
+
+def restart_all(layout: Layout, namespaces: list[str]) -> None:
+    """`kubectl rollout restart` every workload in the namespaces (a fresh timestamp)."""
+    for ns in namespaces:
+        for kind in ("deployment", "statefulset"):
+            names = kubectl(layout, "get", kind, "-n", ns, "-o", "name").split()
+            if names:
+                kubectl(layout, "rollout", "restart", "-n", ns, *names)
+
+
+def reset(layout: Layout, old_revision: str, new_revision: str) -> None:
+    """Converge back to the seeded starting state, whatever a test or demo left behind.
+
+    Old revision installed and tagged, every seeded pod on it, the new revision removed,
+    traffic knobs at their defaults.
+    """
+    t0 = time.monotonic()
+    layout.knobs.unlink(missing_ok=True)
+    if not control_plane_installed(layout, old_revision):
+        istioctl(
+            layout,
+            "old",
+            "install",
+            "-y",
+            "--set",
+            f"revision={old_revision}",
+            "--set",
+            "profile=minimal",
+            "--readiness-timeout",
+            "3m",
+        )
+    if tag_revision(layout, "default") != old_revision:
+        istioctl(
+            layout, "old", "tag", "set", "default", "--revision", old_revision, "--overwrite", "-y"
+        )
+    items = {"apiVersion": "v1", "kind": "List", "items": mesh_objects()}
+    kubectl(
+        layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(items)
+    )
+    pods = json.loads(kubectl(layout, "get", "pods", "-A", "-l", "app", "-o", "json"))
+    stale = sorted(
+        {
+            p["metadata"]["namespace"]
+            for p in pods["items"]
+            if p["metadata"]["namespace"] != "istio-system"
+            and json.loads(
+                p["metadata"].get("annotations", {}).get("sidecar.istio.io/status", "{}")
+            ).get("revision")
+            != old_revision
+        }
+    )
+    restart_all(layout, stale)
+    if control_plane_installed(layout, new_revision):
+        istioctl(layout, "new", "uninstall", "--revision", new_revision, "-y")
+    wait_for_mesh(layout, old_revision)
+    print(
+        f"[sandbox] reset to revision {old_revision} in {time.monotonic() - t0:.1f}s "
+        f"(restarted: {', '.join(stale) or 'nothing'})",
+        file=sys.stderr,
+    )

@@ -1,0 +1,1 @@
+"""Istio control-plane canary upgrade: the logic behind the DAG, testable without Airflow."""

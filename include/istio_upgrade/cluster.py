@@ -1,0 +1,363 @@
+"""Kubernetes reads and writes: control planes, tags, namespaces, workloads, restarts,
+rollout status and which revision each proxy really runs. The only module that talks to the API."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from istio_upgrade.model import (
+    INJECTION_LABEL,
+    PROXY_CONTAINER,
+    REV_LABEL,
+    TAG_LABEL,
+    ControlPlane,
+    MeshSnapshot,
+    NamespaceState,
+    PodState,
+    RevisionTag,
+    WorkloadRef,
+    injected_revision,
+    proxy_version,
+)
+
+log = logging.getLogger(__name__)
+
+ISTIO_NAMESPACE = "istio-system"
+RESTART_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+@dataclass(frozen=True)
+class Kube:
+    """The typed API groups over one ApiClient (from a kubeconfig or an Airflow connection)."""
+
+    api: client.ApiClient
+
+    @cached_property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @cached_property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+    @cached_property
+    def admission(self) -> client.AdmissionregistrationV1Api:
+        return client.AdmissionregistrationV1Api(self.api)
+
+
+@dataclass(frozen=True)
+class KubeTarget:
+    """How to reach a cluster, as plain data a trigger can serialize and istioctl can use."""
+
+    kubeconfig: str | None = None  # None with in_cluster: the pod's service account
+    context: str | None = None
+    in_cluster: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kubeconfig": self.kubeconfig,
+            "context": self.context,
+            "in_cluster": self.in_cluster,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KubeTarget:
+        return cls(**data)
+
+
+def connect(target: KubeTarget) -> Kube:
+    """A Kube for a target: in-cluster credentials or a kubeconfig file."""
+    from kubernetes import config
+
+    if target.in_cluster:
+        cfg = client.Configuration()
+        config.load_incluster_config(client_configuration=cfg)
+        return Kube(client.ApiClient(cfg))
+    api = config.new_client_from_config(config_file=target.kubeconfig, context=target.context)
+    return Kube(api)
+
+
+# --- control planes and tags --------------------------------------------------------------
+
+
+def control_planes(kube: Kube) -> tuple[ControlPlane, ...]:
+    """Every istiod revision in istio-system, with readiness and injector webhook presence."""
+    deps = kube.apps.list_namespaced_deployment(ISTIO_NAMESPACE, label_selector="app=istiod")
+    webhooks = {w.metadata.name for w in kube.admission.list_mutating_webhook_configuration().items}
+    planes = []
+    for dep in deps.items:
+        rev = (dep.metadata.labels or {}).get(REV_LABEL) or "default"
+        image = next(
+            (c.image for c in dep.spec.template.spec.containers if c.name == "discovery"), None
+        )
+        planes.append(
+            ControlPlane(
+                revision=rev,
+                ready=rollout_state(dep).complete,
+                version=proxy_version(image),
+                injector_webhook=f"istio-sidecar-injector-{rev}" in webhooks
+                or (rev == "default" and "istio-sidecar-injector" in webhooks),
+            )
+        )
+    return tuple(sorted(planes, key=lambda c: c.revision))
+
+
+def revision_tags(kube: Kube) -> tuple[RevisionTag, ...]:
+    """Revision tags: MutatingWebhookConfigurations labelled istio.io/tag, read from the cluster."""
+    hooks = kube.admission.list_mutating_webhook_configuration(label_selector=TAG_LABEL)
+    tags = [
+        RevisionTag(name=w.metadata.labels[TAG_LABEL], revision=w.metadata.labels[REV_LABEL])
+        for w in hooks.items
+        if REV_LABEL in (w.metadata.labels or {})
+    ]
+    return tuple(sorted(tags, key=lambda t: t.name))
+
+
+def tag_revision(kube: Kube, tag: str) -> str | None:
+    """The revision a tag points at now, or None if the tag does not exist."""
+    return next((t.revision for t in revision_tags(kube) if t.name == tag), None)
+
+
+def revision_objects(kube: Kube, revision: str) -> list[str]:
+    """The objects a revision's install owns that are still present (empty once uninstalled)."""
+    found = []
+    if kube.apps.list_namespaced_deployment(
+        ISTIO_NAMESPACE, field_selector=f"metadata.name=istiod-{revision}"
+    ).items:
+        found.append(f"deployment/istiod-{revision}")
+    if kube.core.list_namespaced_service(
+        ISTIO_NAMESPACE, field_selector=f"metadata.name=istiod-{revision}"
+    ).items:
+        found.append(f"service/istiod-{revision}")
+    if kube.admission.list_mutating_webhook_configuration(
+        field_selector=f"metadata.name=istio-sidecar-injector-{revision}"
+    ).items:
+        found.append(f"mutatingwebhookconfiguration/istio-sidecar-injector-{revision}")
+    return found
+
+
+# --- namespaces, workloads and pods -------------------------------------------------------
+
+
+def _owner(meta: Any, rs_owner: dict[tuple[str, str], WorkloadRef]) -> WorkloadRef | None:
+    for ref in meta.owner_references or []:
+        if not ref.controller:
+            continue
+        if ref.kind == "ReplicaSet":
+            return rs_owner.get((meta.namespace, ref.name))
+        if ref.kind in WORKLOAD_KINDS:
+            return WorkloadRef(ref.kind, meta.namespace, ref.name)
+    return None
+
+
+def pod_state(pod: Any, rs_owner: dict[tuple[str, str], WorkloadRef]) -> PodState:
+    # Istio 1.27+ injects istio-proxy as a native sidecar (an init container) where it can.
+    containers = [*(pod.spec.init_containers or []), *pod.spec.containers]
+    proxy = next((c.image for c in containers if c.name == PROXY_CONTAINER), None)
+    return PodState(
+        namespace=pod.metadata.namespace,
+        name=pod.metadata.name,
+        uid=pod.metadata.uid,
+        phase=(pod.status.phase if pod.status else None) or "Unknown",
+        owner=_owner(pod.metadata, rs_owner),
+        revision=injected_revision(pod.metadata.annotations),
+        proxy_version=proxy_version(proxy),
+        terminating=pod.metadata.deletion_timestamp is not None,
+    )
+
+
+def _meshed(labels: dict[str, str]) -> bool:
+    return REV_LABEL in labels or INJECTION_LABEL in labels
+
+
+def namespace_states(kube: Kube, names: Iterable[str] | None = None) -> tuple[NamespaceState, ...]:
+    """Meshed namespaces and those running injected pods (or exactly `names`), in name order.
+
+    Lists each kind once for the whole cluster so a mesh of hundreds of namespaces costs a
+    handful of requests, not a few per namespace.
+    """
+    wanted = set(names) if names is not None else None
+    nss = {n.metadata.name: dict(n.metadata.labels or {}) for n in kube.core.list_namespace().items}
+    rs_owner: dict[tuple[str, str], WorkloadRef] = {}
+    for rs in kube.apps.list_replica_set_for_all_namespaces().items:
+        dep = next(
+            (
+                r
+                for r in rs.metadata.owner_references or []
+                if r.controller and r.kind == "Deployment"
+            ),
+            None,
+        )
+        if dep is not None:
+            rs_owner[(rs.metadata.namespace, rs.metadata.name)] = WorkloadRef(
+                "Deployment", rs.metadata.namespace, dep.name
+            )
+    pods: dict[str, list[PodState]] = defaultdict(list)
+    for pod in kube.core.list_pod_for_all_namespaces().items:
+        pods[pod.metadata.namespace].append(pod_state(pod, rs_owner))
+    if wanted is not None:
+        keep = wanted & nss.keys()
+    else:
+        # A namespace whose label was removed can still run injected pods: they count too.
+        keep = {
+            n
+            for n, labels in nss.items()
+            if _meshed(labels) or any(p.revision for p in pods.get(n, ()))
+        }
+    workloads: dict[str, list[WorkloadRef]] = defaultdict(list)
+    for kind, items in (
+        ("Deployment", kube.apps.list_deployment_for_all_namespaces().items),
+        ("StatefulSet", kube.apps.list_stateful_set_for_all_namespaces().items),
+        ("DaemonSet", kube.apps.list_daemon_set_for_all_namespaces().items),
+    ):
+        for obj in items:
+            if obj.metadata.namespace in keep:
+                workloads[obj.metadata.namespace].append(
+                    WorkloadRef(kind, obj.metadata.namespace, obj.metadata.name)
+                )
+    return tuple(
+        NamespaceState(
+            name=n,
+            labels=nss[n],
+            workloads=tuple(sorted(workloads[n], key=lambda w: (w.kind, w.name))),
+            pods=tuple(sorted(pods[n], key=lambda p: p.name)),
+        )
+        for n in sorted(keep)
+    )
+
+
+def snapshot(kube: Kube) -> MeshSnapshot:
+    """Control planes, tags and meshed namespaces as they are now."""
+    return MeshSnapshot(
+        control_planes=control_planes(kube),
+        tags=revision_tags(kube),
+        namespaces=namespace_states(kube),
+        taken_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+# --- restarts and rollouts ----------------------------------------------------------------
+
+
+def _read(kube: Kube, ref: WorkloadRef) -> Any:
+    if ref.kind == "Deployment":
+        return kube.apps.read_namespaced_deployment(ref.name, ref.namespace)
+    if ref.kind == "StatefulSet":
+        return kube.apps.read_namespaced_stateful_set(ref.name, ref.namespace)
+    if ref.kind == "DaemonSet":
+        return kube.apps.read_namespaced_daemon_set(ref.name, ref.namespace)
+    raise ValueError(f"cannot restart a {ref.kind}; only {', '.join(WORKLOAD_KINDS)}")
+
+
+def _patch(kube: Kube, ref: WorkloadRef, body: dict[str, Any]) -> None:
+    patch = {
+        "Deployment": kube.apps.patch_namespaced_deployment,
+        "StatefulSet": kube.apps.patch_namespaced_stateful_set,
+        "DaemonSet": kube.apps.patch_namespaced_daemon_set,
+    }[ref.kind]
+    patch(ref.name, ref.namespace, body)
+
+
+def restart(kube: Kube, ref: WorkloadRef, stamp: str) -> bool:
+    """Restart a workload as `kubectl rollout restart` does, keyed by `stamp`.
+
+    The annotation value comes from the run, so a retried task finds it already set and does
+    not restart the workload again. Returns whether a restart was requested now.
+    """
+    obj = _read(kube, ref)
+    annotations = obj.spec.template.metadata.annotations or {}
+    if annotations.get(RESTART_ANNOTATION) == stamp:
+        return False
+    body = {"spec": {"template": {"metadata": {"annotations": {RESTART_ANNOTATION: stamp}}}}}
+    _patch(kube, ref, body)
+    log.info(
+        "restarted kind=%s namespace=%s name=%s stamp=%s", ref.kind, ref.namespace, ref.name, stamp
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """What `kubectl rollout status` would say about one workload."""
+
+    complete: bool
+    failed: bool  # the rollout exceeded its progress deadline: waiting longer will not help
+    message: str
+
+
+def rollout_state(obj: Any) -> RolloutState:
+    """`kubectl rollout status` semantics for a Deployment, StatefulSet or DaemonSet object."""
+    kind = obj.kind or type(obj).__name__.removeprefix("V1")
+    name = f"{kind}/{obj.metadata.namespace}/{obj.metadata.name}"
+    st, spec = obj.status, obj.spec
+    if (st.observed_generation or 0) < (obj.metadata.generation or 0):
+        return RolloutState(False, False, f"{name}: waiting for the spec update to be observed")
+    if kind == "Deployment":
+        for cond in st.conditions or []:
+            if cond.type == "Progressing" and cond.reason == "ProgressDeadlineExceeded":
+                return RolloutState(False, True, f"{name}: exceeded its progress deadline")
+        want, updated = spec.replicas if spec.replicas is not None else 1, st.updated_replicas or 0
+        if updated < want:
+            return RolloutState(False, False, f"{name}: {updated} of {want} updated")
+        if (st.replicas or 0) > updated:
+            return RolloutState(
+                False, False, f"{name}: {st.replicas - updated} old replicas pending termination"
+            )
+        if (st.available_replicas or 0) < updated:
+            return RolloutState(
+                False, False, f"{name}: {st.available_replicas or 0} of {updated} available"
+            )
+        return RolloutState(True, False, f"{name}: rolled out")
+    if kind == "StatefulSet":
+        want = spec.replicas if spec.replicas is not None else 1
+        if (st.ready_replicas or 0) < want:
+            return RolloutState(False, False, f"{name}: {st.ready_replicas or 0} of {want} ready")
+        if st.update_revision and st.current_revision != st.update_revision:
+            return RolloutState(
+                False, False, f"{name}: {st.updated_replicas or 0} of {want} updated"
+            )
+        return RolloutState(True, False, f"{name}: rolled out")
+    if kind == "DaemonSet":
+        want = st.desired_number_scheduled or 0
+        if (st.updated_number_scheduled or 0) < want:
+            return RolloutState(
+                False, False, f"{name}: {st.updated_number_scheduled or 0} of {want} updated"
+            )
+        if (st.number_available or 0) < want:
+            return RolloutState(
+                False, False, f"{name}: {st.number_available or 0} of {want} available"
+            )
+        return RolloutState(True, False, f"{name}: rolled out")
+    raise ValueError(f"no rollout status for {name}")
+
+
+def rollout_states(kube: Kube, refs: Iterable[WorkloadRef]) -> list[RolloutState]:
+    states = []
+    for ref in refs:
+        try:
+            obj = _read(kube, ref)
+        except ApiException as exc:
+            if exc.status == 404:
+                states.append(
+                    RolloutState(
+                        False,
+                        True,
+                        f"{ref.kind}/{ref.namespace}/{ref.name}: "
+                        "not found (deleted during the upgrade?)",
+                    )
+                )
+                continue
+            raise
+        obj.kind = ref.kind
+        states.append(rollout_state(obj))
+    return states

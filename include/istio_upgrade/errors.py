@@ -1,0 +1,117 @@
+"""The errors the upgrade raises on purpose; each names the object, the value and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _show(value: object) -> str:
+    """A value as it appears in a message: tuples read like the lists the user typed."""
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+class UpgradeError(Exception):
+    """Base of every error raised on purpose, so callers can tell a refusal from a bug."""
+
+
+class ParamError(UpgradeError, ValueError):
+    """A run parameter is wrong; raised before anything in the cluster changes."""
+
+    def __init__(self, param: str, value: object, problem: str, fix: str) -> None:
+        self.param = param
+        self.value = value
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"param {param!r}={_show(value)} {problem}; {fix}")
+
+    def __reduce__(self) -> tuple[type[ParamError], tuple[str, object, str, str]]:
+        # the custom constructor would break pickling (process pools, some log handlers)
+        return (type(self), (self.param, self.value, self.problem, self.fix))
+
+
+class ClusterStateError(UpgradeError):
+    """The cluster is not as the step expects (read back after an action, or found at start)."""
+
+    def __init__(self, obj: str, value: object, expectation: str, fix: str) -> None:
+        self.obj = obj
+        self.value = value
+        self.expectation = expectation
+        self.fix = fix
+        super().__init__(f"{obj} is {_show(value)}, expected {expectation}; {fix}")
+
+    def __reduce__(self) -> tuple[type[ClusterStateError], tuple[str, object, str, str]]:
+        return (type(self), (self.obj, self.value, self.expectation, self.fix))
+
+
+class GateFailed(UpgradeError):
+    """The metric gate counted too many failed checks: the forward path stops, rollback starts."""
+
+    def __init__(self, failed: int, limit: int, detail: str) -> None:
+        self.failed = failed
+        self.limit = limit
+        self.detail = detail
+        super().__init__(
+            f"metric gate failed: {failed} failed checks reached failure_limit {limit}; {detail}"
+        )
+
+    def __reduce__(self) -> tuple[type[GateFailed], tuple[int, int, str]]:
+        return (type(self), (self.failed, self.limit, self.detail))
+
+
+class RolloutFailed(UpgradeError):
+    """A restarted workload did not finish its rollout (deadline exceeded or timed out)."""
+
+    def __init__(self, workload: str, problem: str, fix: str) -> None:
+        self.workload = workload
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"rollout of {workload} failed: {problem}; {fix}")
+
+    def __reduce__(self) -> tuple[type[RolloutFailed], tuple[str, str, str]]:
+        return (type(self), (self.workload, self.problem, self.fix))
+
+
+class RevisionInUse(UpgradeError):
+    """A revision about to be removed is still referenced by pods, namespaces or tags."""
+
+    def __init__(self, revision: str, users: Sequence[str]) -> None:
+        self.revision = revision
+        self.users = list(users)
+        shown = ", ".join(self.users[:10]) + (" ..." if len(self.users) > 10 else "")
+        super().__init__(
+            f"revision {revision!r} is still in use by {len(self.users)} object(s): {shown}; "
+            f"move them to another revision (relabel or restart) before removing it"
+        )
+
+    def __reduce__(self) -> tuple[type[RevisionInUse], tuple[str, list[str]]]:
+        return (type(self), (self.revision, self.users))
+
+
+class MetricsUnavailable(UpgradeError):
+    """Prometheus could not answer a query; the gate counts this as a failed check (fail closed)."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(
+            f"Prometheus at {url} gave no usable answer: {problem}; "
+            f"check prometheus_url and that Prometheus is up"
+        )
+
+    def __reduce__(self) -> tuple[type[MetricsUnavailable], tuple[str, str]]:
+        return (type(self), (self.url, self.problem))
+
+
+class NothingToDo(UpgradeError):
+    """The mesh already runs the target revision everywhere: a run skips instead of failing."""
+
+    def __init__(self, target: str, tag: str) -> None:
+        self.target = target
+        self.tag = tag
+        super().__init__(
+            f"tag {tag!r} already points at {target!r}, no other control plane is installed "
+            "and every namespace runs it: nothing to upgrade"
+        )
+
+    def __reduce__(self) -> tuple[type[NothingToDo], tuple[str, str]]:
+        return (type(self), (self.target, self.tag))

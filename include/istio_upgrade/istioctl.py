@@ -1,0 +1,149 @@
+"""Building and running istioctl commands. The only module that starts subprocesses.
+
+istioctl's exit code is not proof of anything: `tag set` without `-y` and without a terminal
+exits 0 having changed nothing. Every command here passes `-y`, and callers read the result
+back from the cluster.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from istio_upgrade.errors import ParamError
+
+log = logging.getLogger(__name__)
+
+# Where locally built or downloaded istioctl binaries live, one folder per version
+# (`istioctl-1.31.0/istioctl`); the sandbox's build cache follows the same layout.
+SEARCH_PATH_ENV = "ISTIOCTL_SEARCH_PATH"
+DEFAULT_SEARCH_PATH = str(Path.home() / ".cache" / "istio-canary-upgrade")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One finished istioctl call: the command, its exit code and what it printed."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def summary(self) -> str:
+        out = (self.stdout + self.stderr).strip()
+        return f"`{' '.join(self.argv)}` exited {self.returncode}:\n{out}"
+
+
+def version_of_revision(revision: str) -> str:
+    """Istio's revision naming read back: `1-31-0` -> `1.31.0`."""
+    return revision.replace("-", ".")
+
+
+def resolve(spec: str, target_revision: str) -> str:
+    """The istioctl binary to use: a path, a version (`1.31.0`), or "" for the target's version.
+
+    Versions are looked up as `istioctl-<version>*/istioctl` in the folders of
+    $ISTIOCTL_SEARCH_PATH (colon separated), so `1.31.0` finds a `1.31.0-dev` build too.
+    """
+    if spec and ("/" in spec or spec == "istioctl"):
+        path = shutil.which(spec) if spec == "istioctl" else spec
+        if not path or not os.access(path, os.X_OK):
+            raise ParamError(
+                "istioctl",
+                spec,
+                "is not an executable file",
+                "give the path of an istioctl binary, or its version",
+            )
+        return path
+    version = spec or version_of_revision(target_revision)
+    folders = os.environ.get(SEARCH_PATH_ENV, DEFAULT_SEARCH_PATH).split(":")
+    for folder in folders:
+        matches = sorted(glob.glob(os.path.join(folder, f"istioctl-{version}*", "istioctl")))
+        if matches:
+            return matches[-1]
+    raise ParamError(
+        "istioctl",
+        spec or "",
+        f"no istioctl {version} found in {folders}",
+        f"put it at <folder>/istioctl-{version}/istioctl (folders from "
+        f"${SEARCH_PATH_ENV}) or pass its path",
+    )
+
+
+@dataclass(frozen=True)
+class Istioctl:
+    """One istioctl binary bound to one cluster (its kubeconfig, or in-cluster credentials)."""
+
+    binary: str
+    kubeconfig: str | None = None
+    context: str | None = None
+    timeout_seconds: float = 900.0
+
+    def argv(self, *args: str) -> tuple[str, ...]:
+        cluster = []
+        if self.kubeconfig:
+            cluster.append(f"--kubeconfig={self.kubeconfig}")
+        if self.context:
+            cluster.append(f"--context={self.context}")
+        return (self.binary, *args, *cluster)
+
+    def run(self, *args: str) -> Result:
+        argv = self.argv(*args)
+        log.info("running istioctl argv=%s", " ".join(argv))
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=self.timeout_seconds,
+        )
+        result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
+        log.info(
+            "istioctl exited returncode=%d\n%s",
+            result.returncode,
+            (result.stdout + result.stderr).strip(),
+        )
+        return result
+
+    def version(self) -> str:
+        return self.run("version", "--remote=false", "--short").stdout.strip()
+
+
+def precheck_args() -> tuple[str, ...]:
+    return ("x", "precheck")
+
+
+def install_args(
+    revision: str, profile: str, overlay: str | None = None, readiness_timeout_seconds: int = 300
+) -> tuple[str, ...]:
+    # The overlay comes after --set so a user's file can refine, never lose, the revision.
+    args = [
+        "install",
+        "-y",
+        "--set",
+        f"revision={revision}",
+        "--set",
+        f"profile={profile}",
+        "--readiness-timeout",
+        f"{readiness_timeout_seconds}s",
+    ]
+    if overlay:
+        args += ["-f", overlay]
+    return tuple(args)
+
+
+def tag_set_args(tag: str, revision: str) -> tuple[str, ...]:
+    return ("tag", "set", tag, "--revision", revision, "--overwrite", "-y")
+
+
+def uninstall_args(revision: str) -> tuple[str, ...]:
+    return ("uninstall", "--revision", revision, "-y")

@@ -1,0 +1,285 @@
+"""What each task of the DAG does, as plain functions over a cluster and istioctl.
+
+Each step reads the cluster, compares it with the goal of the run and acts only on the
+difference, then reads its effect back: a retried task or a re-run DAG converges instead of
+repeating work. Inputs and outputs are plain data (dicts), as they cross task boundaries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from istio_upgrade import cluster, progress
+from istio_upgrade.cluster import Kube
+from istio_upgrade.errors import ClusterStateError, NothingToDo, RevisionInUse
+from istio_upgrade.istioctl import (
+    Istioctl,
+    install_args,
+    precheck_args,
+    resolve,
+    tag_set_args,
+    uninstall_args,
+)
+from istio_upgrade.model import MeshSnapshot, NamespaceState, WorkloadRef, points_at_tag
+from istio_upgrade.params import (
+    ResolvedParams,
+    UpgradeParams,
+    check_against_cluster,
+    parse_params,
+)
+from istio_upgrade.references import revision_usage
+
+log = logging.getLogger(__name__)
+
+
+def already_done(params: UpgradeParams, snapshot: MeshSnapshot) -> bool:
+    """The tag is on the target, no other control plane remains and every namespace follows."""
+    tag = snapshot.tag(params.tag)
+    return (
+        tag is not None
+        and tag.revision == params.target_revision
+        and {c.revision for c in snapshot.control_planes} == {params.target_revision}
+        and all(
+            progress.on_revision(ns, params.target_revision)
+            for ns in snapshot.namespaces
+            if points_at_tag(ns.labels, params.tag)
+        )
+    )
+
+
+def validate(kube: Kube, raw: dict[str, Any]) -> ResolvedParams:
+    """Check the params on their own, then against the cluster: nothing changes before this."""
+    params = parse_params(raw)
+    resolve(params.istioctl, params.target_revision)
+    snap = cluster.snapshot(kube)
+    if already_done(params, snap):
+        raise NothingToDo(params.target_revision, params.tag)
+    resolved = check_against_cluster(params, snap)
+    log.info(
+        "validated target=%s current=%s tag=%s canary=%s namespaces=%d resumed=%s",
+        resolved.target_revision,
+        resolved.current_revision,
+        resolved.tag,
+        ",".join(resolved.canary),
+        len(resolved.namespaces),
+        resolved.resumed,
+    )
+    return resolved
+
+
+def precheck(istioctl: Istioctl) -> str:
+    """`istioctl x precheck` must find nothing: it exits 1 at Warning level or worse."""
+    result = istioctl.run(*precheck_args())
+    if not result.ok:
+        raise ClusterStateError(
+            "istioctl x precheck",
+            f"exit {result.returncode}",
+            "no issues",
+            "fix what it reports:\n" + result.summary(),
+        )
+    return result.stdout.strip()
+
+
+def namespace_summary(snapshot: MeshSnapshot) -> dict[str, dict[str, int]]:
+    """Pods per revision per namespace: the before/after picture for the report."""
+    return {ns.name: progress.revision_counts(ns) for ns in snapshot.namespaces}
+
+
+def control_plane_ready(kube: Kube, revision: str) -> bool:
+    """istiod-<revision> is available and its injector webhook exists."""
+    plane = next((c for c in cluster.control_planes(kube) if c.revision == revision), None)
+    return plane is not None and plane.ready and plane.injector_webhook
+
+
+def install(
+    kube: Kube, istioctl: Istioctl, revision: str, profile: str, overlay: str | None
+) -> bool:
+    """Install the revision beside the old one unless it already runs. True if installed now."""
+    if control_plane_ready(kube, revision):
+        log.info("install skipped revision=%s reason=already-installed", revision)
+        return False
+    result = istioctl.run(*install_args(revision, profile, overlay))
+    if not result.ok:
+        raise ClusterStateError(
+            f"istiod-{revision}",
+            "not installed",
+            "installed",
+            "see istioctl's output:\n" + result.summary(),
+        )
+    return True
+
+
+def move_tag(kube: Kube, istioctl: Istioctl, tag: str, revision: str) -> bool:
+    """Point the tag at `revision` and read it back (istioctl exits 0 even when it did nothing)."""
+    if cluster.tag_revision(kube, tag) == revision:
+        log.info("tag unchanged tag=%s revision=%s", tag, revision)
+        return False
+    result = istioctl.run(*tag_set_args(tag, revision))
+    now = cluster.tag_revision(kube, tag)
+    if now != revision:
+        raise ClusterStateError(
+            f"webhook istio-revision-tag-{tag} label istio.io/rev",
+            now,
+            repr(revision),
+            "istioctl did not move the tag:\n" + result.summary(),
+        )
+    log.info("tag moved tag=%s revision=%s", tag, revision)
+    return True
+
+
+def restart_stamp(run_id: str, revision: str) -> str:
+    """The restartedAt value for one run moving workloads to one revision.
+
+    The same run retrying the same move writes the same value, which the API sees as no
+    change; a rollback (another revision) writes a new one and restarts again.
+    """
+    return f"{revision}@{run_id}"
+
+
+def _namespaces(kube: Kube, names: Iterable[str]) -> list[NamespaceState]:
+    return list(cluster.namespace_states(kube, names))
+
+
+def restart_namespaces(
+    kube: Kube, names: Sequence[str], revision: str, stamp: str
+) -> list[dict[str, str]]:
+    """Restart every workload in `names` whose pods are not all on `revision`.
+
+    Returns every workload of those namespaces, restarted now or before, for the rollout
+    wait; pods that no restart can move (no controller) are logged, not hidden.
+    """
+    waits: list[dict[str, str]] = []
+    for ns in _namespaces(kube, names):
+        stuck = progress.unrestartable(ns)
+        if stuck:
+            log.warning(
+                "cannot restart namespace=%s pods=%s reason=no-controller",
+                ns.name,
+                ",".join(p.name for p in stuck),
+            )
+        todo = progress.workloads_to_restart(ns, revision)
+        restarted = [w.name for w in todo if cluster.restart(kube, w, stamp)]
+        log.info(
+            "restart namespace=%s revision=%s restarted=%s skipped=%d",
+            ns.name,
+            revision,
+            ",".join(restarted) or "none",
+            len(ns.workloads) - len(restarted),
+        )
+        waits += [w.__dict__ for w in ns.workloads]
+    return waits
+
+
+def restart_workloads(
+    kube: Kube, refs: Sequence[WorkloadRef], revision: str, stamp: str
+) -> list[dict[str, str]]:
+    """Restart the given workloads (gateways) unless their pods already run `revision`."""
+    states = {ns.name: ns for ns in _namespaces(kube, {r.namespace for r in refs})}
+    for ref in refs:
+        ns = states.get(ref.namespace)
+        if ns is not None and ref in progress.workloads_to_restart(ns, revision):
+            cluster.restart(kube, ref, stamp)
+        else:
+            log.info(
+                "restart skipped kind=%s namespace=%s name=%s reason=on-revision",
+                ref.kind,
+                ref.namespace,
+                ref.name,
+            )
+    return [r.__dict__ for r in refs]
+
+
+def verify_namespaces(kube: Kube, names: Sequence[str], revision: str) -> dict[str, Any]:
+    """Every pod of a restartable workload in `names` runs `revision`; else fail naming them."""
+    states = _namespaces(kube, names)
+    wrong = [
+        f"{p.namespace}/{p.name} ({p.revision or 'no sidecar'})"
+        for ns in states
+        for p in progress.off_revision(ns, revision)
+    ]
+    if wrong:
+        raise ClusterStateError(
+            "pods",
+            wrong[:20],
+            f"every pod on revision {revision}",
+            "check the injector webhook and the tag, then retry",
+        )
+    versions = sorted(
+        {
+            p.proxy_version or "?"
+            for ns in states
+            for p in progress.live_pods(ns)
+            if p.owner is not None
+        }
+    )
+    log.info(
+        "verified namespaces=%s revision=%s proxy_versions=%s",
+        ",".join(names),
+        revision,
+        ",".join(versions),
+    )
+    return {"namespaces": list(names), "revision": revision, "proxy_versions": versions}
+
+
+def verify_workloads(kube: Kube, refs: Sequence[WorkloadRef], revision: str) -> dict[str, Any]:
+    """Every pod of the given workloads (gateways) runs `revision`."""
+    wrong = []
+    for ns in _namespaces(kube, {r.namespace for r in refs}):
+        wrong += [
+            f"{p.namespace}/{p.name} ({p.revision or 'no sidecar'})"
+            for p in progress.off_revision(ns, revision)
+            if p.owner in refs
+        ]
+    if wrong:
+        raise ClusterStateError(
+            "gateway pods",
+            wrong[:20],
+            f"every pod on revision {revision}",
+            "check the gateway injection template and the tag, then retry",
+        )
+    return {"workloads": [r.__dict__ for r in refs], "revision": revision}
+
+
+def namespaces_on(kube: Kube, names: Sequence[str], revision: str) -> bool:
+    """Whether every namespace in `names` runs `revision` everywhere (for waves to wait on)."""
+    return all(progress.on_revision(ns, revision) for ns in _namespaces(kube, names))
+
+
+def moved_namespaces(kube: Kube, names: Sequence[str], revision: str) -> list[str]:
+    """The namespaces in `names` with at least one pod on `revision` (what a rollback restarts)."""
+    return [
+        ns.name
+        for ns in _namespaces(kube, names)
+        if any(p.revision == revision for p in progress.live_pods(ns))
+    ]
+
+
+def check_unused(kube: Kube, revision: str) -> str:
+    """Refuse to go on while anything refers to `revision` (a failed read refuses too)."""
+    usage = revision_usage(cluster.snapshot(kube), revision)
+    if not usage.safe_to_remove:
+        raise RevisionInUse(revision, list(usage.users))
+    return usage.describe()
+
+
+def uninstall(kube: Kube, istioctl: Istioctl, revision: str) -> bool:
+    """Remove a revision's control plane unless it is gone already. True if removed now."""
+    if not revision_objects(kube, revision):
+        log.info("uninstall skipped revision=%s reason=not-installed", revision)
+        return False
+    result = istioctl.run(*uninstall_args(revision))
+    if not result.ok:
+        raise ClusterStateError(
+            f"revision {revision}",
+            "still installed",
+            "uninstalled",
+            "see istioctl's output:\n" + result.summary(),
+        )
+    return True
+
+
+def revision_objects(kube: Kube, revision: str) -> list[str]:
+    """The revision's own objects still present: Deployment, Service, injector webhook."""
+    return cluster.revision_objects(kube, revision)

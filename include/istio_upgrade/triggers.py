@@ -1,0 +1,132 @@
+"""Async triggers behind the deferrable sensors: rollouts and the metric gate.
+
+They run in the triggerer, not on a worker, so waiting minutes for a rollout or a bake time
+holds no worker slot. Arguments are plain JSON-safe data and `serialize()` returns exactly
+them; each trigger yields one event `{"status": ..., "message": ...}`. Deadlines are absolute
+epoch seconds so a triggerer restart does not extend them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from istio_upgrade import cluster, health
+from istio_upgrade.model import WorkloadRef
+from istio_upgrade.params import UpgradeParams
+
+
+class RolloutTrigger(BaseTrigger):
+    """Waits until every workload has rolled out (`kubectl rollout status` semantics)."""
+
+    def __init__(
+        self,
+        target: dict[str, Any],
+        workloads: list[dict[str, str]],
+        deadline: float,
+        poll_seconds: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.target = target
+        self.workloads = workloads
+        self.deadline = deadline
+        self.poll_seconds = poll_seconds
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "target": self.target,
+                "workloads": self.workloads,
+                "deadline": self.deadline,
+                "poll_seconds": self.poll_seconds,
+            },
+        )
+
+    def _poll(self) -> dict[str, Any] | None:
+        kube = cluster.connect(cluster.KubeTarget.from_dict(self.target))
+        refs = [WorkloadRef(**w) for w in self.workloads]
+        states = cluster.rollout_states(kube, refs)
+        failed = [s.message for s in states if s.failed]
+        if failed:
+            return {"status": "failed", "message": "; ".join(failed)}
+        pending = [s.message for s in states if not s.complete]
+        if not pending:
+            return {"status": "success", "message": f"{len(states)} workloads rolled out"}
+        if time.time() > self.deadline:
+            return {
+                "status": "timeout",
+                "message": "rollout deadline passed: " + "; ".join(pending[:10]),
+            }
+        return None
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        while True:
+            event = await asyncio.to_thread(self._poll)
+            if event is not None:
+                yield TriggerEvent(event)
+                return
+            await asyncio.sleep(self.poll_seconds)
+
+
+class MetricGateTrigger(BaseTrigger):
+    """Checks the canary's metrics every interval over the bake time and yields the verdict."""
+
+    def __init__(
+        self,
+        prometheus_url: str,
+        namespaces: list[str],
+        params: dict[str, Any],
+        state: dict[str, Any],
+        baseline: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.prometheus_url = prometheus_url
+        self.namespaces = namespaces
+        self.params = params
+        self.state = state
+        self.baseline = baseline or []
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "prometheus_url": self.prometheus_url,
+                "namespaces": self.namespaces,
+                "params": self.params,
+                "state": self.state,
+                "baseline": self.baseline,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        params = UpgradeParams.from_dict(self.params)
+        state = health.GateState.from_dict(self.state)
+        baseline = (
+            health.baseline_from(health.MetricCheck.from_dict(c) for c in self.baseline) or None
+        )
+        while True:
+            checks = await asyncio.to_thread(
+                health.run_check, self.prometheus_url, self.namespaces, params, baseline
+            )
+            state, verdict = health.next_state(state, checks, time.time(), params)
+            self.log.info(
+                "gate check=%d failed=%d verdict=%s",
+                state.checks_done,
+                state.checks_failed,
+                verdict,
+            )
+            if verdict is not health.HealthVerdict.PENDING:
+                yield TriggerEvent(
+                    {
+                        "status": str(verdict),
+                        "message": health.describe(state, verdict, params),
+                        "state": state.to_dict(),
+                    }
+                )
+                return
+            await asyncio.sleep(params.check_interval_seconds)

@@ -1,0 +1,161 @@
+"""Whole runs of the upgrade DAG (`dag.test()`) against the sandbox, judged by cluster state."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+from sandbox_fixture import Sandbox
+
+from istio_upgrade import cluster, progress
+
+pytestmark = pytest.mark.sandbox
+
+DAG_ID = "istio_canary_upgrade"
+APPS = ("foo", "bar", "baz", "qux")
+
+
+def fast_params(box: Sandbox, **overrides: Any) -> dict[str, Any]:
+    """Params for a quick run: short bake time and windows, the sandbox's Prometheus."""
+    return {
+        "target_revision": box.new_revision,
+        "prometheus_url": box.prometheus_url,
+        "bake_seconds": 6,
+        "check_interval_seconds": 2,
+        "failure_limit": 2,
+        "metric_window": "10s",
+        "rollout_timeout_seconds": 120,
+        "wave_concurrency": 2,
+        **overrides,
+    }
+
+
+def run_dag(conf: dict[str, Any]) -> Any:
+    """One dag.test() run; returns the DagRun with its task instances."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder="dags").dags[DAG_ID]
+    return dag.test(run_conf=conf)
+
+
+def states(dr: Any) -> dict[str, str]:
+    """task_id[map_index] -> state of every task instance of the run."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter_by(dag_id=DAG_ID, run_id=dr.run_id).all()
+        return {
+            (t.task_id if t.map_index < 0 else f"{t.task_id}[{t.map_index}]"): str(t.state)
+            for t in tis
+        }
+
+
+def pod_uids(box: Sandbox, names: tuple[str, ...]) -> dict[str, set[str]]:
+    return {
+        ns.name: {p.uid for p in progress.live_pods(ns)}
+        for ns in cluster.namespace_states(box.kube(), names)
+    }
+
+
+def set_knobs(box: Sandbox, knobs: dict[str, Any]) -> None:
+    req = urllib.request.Request(
+        f"{box.traffic_url}/knobs",
+        method="PUT",
+        data=json.dumps(knobs).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(req, timeout=5).close()
+
+
+@pytest.fixture
+def seeded(sandbox_connection: Sandbox) -> Sandbox:
+    """Each run starts from the procedure's starting state."""
+    sandbox_connection.reset()
+    return sandbox_connection
+
+
+def test_happy_path_then_a_rerun_changes_nothing(seeded: Sandbox) -> None:
+    box, kube = seeded, seeded.kube()
+    dr = run_dag(fast_params(box))
+    assert str(dr.state) == "success", states(dr)
+
+    assert cluster.tag_revision(kube, "default") == box.new_revision
+    snap = cluster.snapshot(kube)
+    for ns in snap.namespaces:
+        pods = progress.live_pods(ns)
+        assert pods and {p.revision for p in pods} == {box.new_revision}, ns.name
+        assert {p.proxy_version for p in pods} == {box.env["SANDBOX_NEW_VERSION"]}, ns.name
+    assert cluster.revision_objects(kube, box.old_revision) == []
+    run_states = states(dr)
+    assert run_states["rollback.move_tag_back"] == "skipped"
+    mapped = {k for k in run_states if k.startswith("upgrade_namespace.verify[")}
+    assert len(mapped) == 3, run_states  # foo, baz, qux after the canary bar
+
+    before = pod_uids(box, (*APPS, "istio-ingress"))
+    again = run_dag(fast_params(box))
+    assert str(again.state) == "success"
+    assert states(again)["validate"] == "skipped"
+    assert pod_uids(box, (*APPS, "istio-ingress")) == before, "a re-run restarted pods"
+
+
+def test_bad_canary_rolls_back(seeded: Sandbox) -> None:
+    box, kube = seeded, seeded.kube()
+    untouched = pod_uids(box, ("foo", "baz", "qux"))
+    set_knobs(box, {"versions": {box.env["SANDBOX_NEW_VERSION"]: {"error_rate": 0.6}}})
+    try:
+        dr = run_dag(fast_params(box, remove_new_revision_on_rollback=True))
+    finally:
+        set_knobs(box, {})
+    run_states = states(dr)
+    assert str(dr.state) == "failed"
+    assert run_states["rollback.verify_rolled_back"] == "success", run_states
+    assert run_states["remaining_namespaces"] == "skipped"
+    assert run_states["conclude"] == "failed"
+
+    assert cluster.tag_revision(kube, "default") == box.old_revision
+    for name in ("bar", "istio-ingress"):
+        (ns,) = cluster.namespace_states(kube, [name])
+        assert {p.revision for p in progress.live_pods(ns)} == {box.old_revision}, name
+    assert pod_uids(box, ("foo", "baz", "qux")) == untouched, "rollback touched other namespaces"
+    assert cluster.revision_objects(kube, box.new_revision) == []
+
+
+def resource_versions(box: Sandbox) -> dict[str, str]:
+    out = json.loads(
+        box.kubectl(
+            "get",
+            "namespaces,deployments,statefulsets,pods,services,mutatingwebhookconfigurations",
+            "-A",
+            "-o",
+            "json",
+        )
+    )
+    return {
+        f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o["metadata"][
+            "resourceVersion"
+        ]
+        for o in out["items"]
+    }
+
+
+def test_dry_run_changes_nothing(seeded: Sandbox) -> None:
+    before = resource_versions(seeded)
+    dr = run_dag(fast_params(seeded, dry_run=True))
+    assert str(dr.state) == "success"
+    run_states = states(dr)
+    assert run_states["show_plan"] == "success"
+    assert run_states["precheck"] == "skipped"
+    assert resource_versions(seeded) == before
+
+
+def test_bad_input_fails_before_any_change(seeded: Sandbox) -> None:
+    before = resource_versions(seeded)
+    dr = run_dag(fast_params(seeded, canary_namespaces=["nope"]))
+    assert str(dr.state) == "failed"
+    run_states = states(dr)
+    assert run_states["validate"] == "failed"
+    assert run_states["precheck"] == "upstream_failed"
+    assert resource_versions(seeded) == before

@@ -1,0 +1,79 @@
+"""Bad params are refused before anything in the cluster changes, naming the param and the fix."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sandbox_fixture import Sandbox
+
+from istio_upgrade import steps
+from istio_upgrade.errors import ParamError
+
+pytestmark = pytest.mark.sandbox
+
+
+def params(box: Sandbox, **overrides: Any) -> dict[str, Any]:
+    return {"target_revision": box.new_revision, **overrides}
+
+
+BAD = [
+    pytest.param({"target_revision": "1.32.0"}, "target_revision", "e.g.", id="dotted-revision"),
+    pytest.param({"target_revision": ""}, "target_revision", "", id="missing-target"),
+    pytest.param({"target_revision": "OLD"}, "target_revision", "", id="old-equals-new"),
+    pytest.param({"tag": "prod"}, "tag", "istioctl tag set", id="unknown-tag"),
+    pytest.param({"canary_namespaces": ["nope"]}, "canary_namespaces", "", id="unknown-canary"),
+    pytest.param(
+        {"canary_namespaces": ["bar"], "exclude_namespaces": ["bar"]},
+        "exclude_namespaces",
+        "",
+        id="canary-also-excluded",
+    ),
+    pytest.param({"min_success_rate": -0.5}, "min_success_rate", "", id="negative-rate"),
+    pytest.param({"max_p99_ms": 0}, "max_p99_ms", "", id="zero-latency-limit"),
+    pytest.param({"wave_concurrency": 0}, "wave_concurrency", "", id="zero-concurrency"),
+    pytest.param({"gateways": ["istio-ingress"]}, "gateways", "", id="gateway-without-name"),
+    pytest.param({"gateways": ["istio-ingress/nope"]}, "gateways", "", id="unknown-gateway"),
+    pytest.param(
+        {"include_namespaces": ["kube-system"]},
+        "include_namespaces",
+        "label",
+        id="namespace-not-following-tag",
+    ),
+    pytest.param(
+        {"exclude_namespaces": ["fooo"]}, "exclude_namespaces", "spelling", id="misspelt-exclusion"
+    ),
+    pytest.param({"current_revision": "1-0-0"}, "current_revision", "", id="unknown-current"),
+    pytest.param({"metric_window": "soon"}, "metric_window", "", id="bad-window"),
+    pytest.param({"istioctl": "/no/such/istioctl"}, "istioctl", "", id="missing-istioctl"),
+]
+
+
+def resource_versions(box: Sandbox) -> dict[str, str]:
+    out = json.loads(
+        box.kubectl(
+            "get", "namespaces,deployments,mutatingwebhookconfigurations", "-A", "-o", "json"
+        )
+    )
+    return {
+        f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o["metadata"][
+            "resourceVersion"
+        ]
+        for o in out["items"]
+    }
+
+
+@pytest.mark.parametrize(("overrides", "param", "fix_hint"), BAD)
+def test_bad_params_are_refused_before_any_change(
+    sandbox: Sandbox, overrides: dict[str, Any], param: str, fix_hint: str
+) -> None:
+    if overrides.get("target_revision") == "OLD":
+        overrides = {**overrides, "target_revision": sandbox.old_revision}
+    before = resource_versions(sandbox)
+    with pytest.raises(ParamError) as err:
+        steps.validate(sandbox.kube(), params(sandbox, **overrides))
+    assert err.value.param == param, str(err.value)
+    assert err.value.fix, "every refusal says how to fix it"
+    assert fix_hint in str(err.value)
+    assert resource_versions(sandbox) == before

@@ -1,0 +1,83 @@
+"""The one sandbox a test session shares: started (and seeded) on first use, reset on demand."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from istio_upgrade import cluster
+
+REPO = Path(__file__).resolve().parent.parent
+SANDBOX = str(REPO / "sandbox" / "sandbox")
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """Where the running sandbox is: the exports `sandbox/sandbox env` prints."""
+
+    env: dict[str, str]
+
+    @property
+    def kubeconfig(self) -> str:
+        return self.env["KUBECONFIG"]
+
+    @property
+    def old_revision(self) -> str:
+        return self.env["SANDBOX_OLD_REVISION"]
+
+    @property
+    def new_revision(self) -> str:
+        return self.env["SANDBOX_NEW_REVISION"]
+
+    @property
+    def prometheus_url(self) -> str:
+        return self.env["SANDBOX_PROMETHEUS_URL"]
+
+    @property
+    def traffic_url(self) -> str:
+        return self.env["SANDBOX_TRAFFIC_URL"]
+
+    def kube(self) -> cluster.Kube:
+        return cluster.connect(cluster.KubeTarget(kubeconfig=self.kubeconfig))
+
+    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a command (kubectl, istioctl) against the sandbox, output captured."""
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            check=check,
+            env={**os.environ, "KUBECONFIG": self.kubeconfig},
+        )
+
+    def kubectl(self, *args: str) -> str:
+        return self.run(self.env["SANDBOX_KUBECTL"], *args).stdout
+
+    def reset(self) -> None:
+        """Back to the seeded starting state (old revision everywhere, default knobs)."""
+        subprocess.run([SANDBOX, "reset"], check=True)
+
+
+def _parse_env(text: str) -> dict[str, str]:
+    return dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in text.splitlines()
+        if line.startswith("export ")
+    )
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    """Start the sandbox once per session (seeded); stop it after if this session started it."""
+    was_running = subprocess.run([SANDBOX, "status"], capture_output=True).returncode == 0
+    out = subprocess.run([SANDBOX, "up", "--seed"], check=True, capture_output=True, text=True)
+    box = Sandbox(_parse_env(out.stdout))
+    box.reset()
+    yield box
+    if not was_running and not os.environ.get("SANDBOX_KEEP"):
+        subprocess.run([SANDBOX, "down"], check=True)
