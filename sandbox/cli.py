@@ -11,7 +11,7 @@ import time
 
 from sandbox import pki
 from sandbox.components import COMPONENTS, REPO, Layout, default_layout, pid_of, start, stop
-from sandbox.seed import ensure_nodes, reset, seed
+from sandbox.seed import ensure_nodes, seed
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -78,7 +78,13 @@ def up(layout: Layout, do_seed: bool, extra_namespaces: int) -> None:
     started = [c.name for c in COMPONENTS if start(layout, c)]
     ensure_nodes(layout)
     if do_seed:
-        seed(layout, revision_of(versions()["ISTIO_OLD_VERSION"]), extra_namespaces)
+        v = versions()
+        seed(
+            layout,
+            revision_of(v["ISTIO_OLD_VERSION"]),
+            revision_of(v["ISTIO_NEW_VERSION"]),
+            extra_namespaces,
+        )
     what = f"started {', '.join(started)}" if started else "everything was already running"
     print(f"[sandbox] up in {time.monotonic() - t0:.1f}s: {what}", file=sys.stderr)
     print("\n".join(env_lines(layout)))
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         down(layout, args.purge)
     elif args.command == "reset":
         v = versions()
-        reset(layout, revision_of(v["ISTIO_OLD_VERSION"]), revision_of(v["ISTIO_NEW_VERSION"]))
+        seed(layout, revision_of(v["ISTIO_OLD_VERSION"]), revision_of(v["ISTIO_NEW_VERSION"]))
     elif args.command == "status":
         return status(layout)
     else:

@@ -108,8 +108,11 @@ def mesh_objects(extra_namespaces: int = 0) -> list[dict[str, Any]]:
 
 def ensure_nodes(layout: Layout) -> None:
     """The kwok nodes pods are scheduled to (kwok keeps them Ready)."""
-    items = {"apiVersion": "v1", "kind": "List",
-             "items": [node(f"kwok-node-{i}") for i in range(NODES)]}
+    items = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [node(f"kwok-node-{i}") for i in range(NODES)],
+    }
     kubectl(layout, "apply", "--server-side", "-f", "-", stdin=json.dumps(items))
 
 
@@ -137,8 +140,17 @@ def istioctl(layout: Layout, which: str, *args: str) -> str:
 
 def control_plane_installed(layout: Layout, revision: str) -> bool:
     """istiod-<revision> exists and is available (a half-finished install counts as not)."""
-    out = kubectl(layout, "get", "deployment", "-n", "istio-system", f"istiod-{revision}",
-                  "--ignore-not-found", "-o", "json")
+    out = kubectl(
+        layout,
+        "get",
+        "deployment",
+        "-n",
+        "istio-system",
+        f"istiod-{revision}",
+        "--ignore-not-found",
+        "-o",
+        "json",
+    )
     if not out.strip():
         return False
     status = json.loads(out).get("status", {})
@@ -182,36 +194,6 @@ def wait_for_mesh(layout: Layout, revision: str, timeout: float = 180.0) -> None
         time.sleep(1)
 
 
-def seed(layout: Layout, old_revision: str, extra_namespaces: int = 0) -> None:
-    """Install the old revision, point the `default` tag at it and create the meshed apps."""
-    t0 = time.monotonic()
-    if not control_plane_installed(layout, old_revision):
-        istioctl(
-            layout,
-            "old",
-            "install",
-            "-y",
-            "--set",
-            f"revision={old_revision}",
-            "--set",
-            "profile=minimal",
-            "--readiness-timeout",
-            "3m",
-        )
-    if tag_revision(layout, "default") != old_revision:
-        istioctl(
-            layout, "old", "tag", "set", "default", "--revision", old_revision, "--overwrite", "-y"
-        )
-    items = {"apiVersion": "v1", "kind": "List", "items": mesh_objects(extra_namespaces)}
-    kubectl(
-        layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(items)
-    )
-    wait_for_mesh(layout, old_revision)
-    print(
-        f"[sandbox] seeded revision {old_revision} in {time.monotonic() - t0:.1f}s", file=sys.stderr
-    )
-
-
 def restart_all(layout: Layout, namespaces: list[str]) -> None:
     """`kubectl rollout restart` every workload in the namespaces (a fresh timestamp)."""
     for ns in namespaces:
@@ -221,12 +203,10 @@ def restart_all(layout: Layout, namespaces: list[str]) -> None:
                 kubectl(layout, "rollout", "restart", "-n", ns, *names)
 
 
-def reset(layout: Layout, old_revision: str, new_revision: str) -> None:
-    """Converge back to the seeded starting state, whatever a test or demo left behind.
-
-    Old revision installed and tagged, every seeded pod on it, the new revision removed,
-    traffic knobs at their defaults.
-    """
+def seed(layout: Layout, old_revision: str, new_revision: str, extra_namespaces: int = 0) -> None:
+    """Converge to the procedure's starting state, from an empty cluster or from whatever a
+    test or demo left behind: the old revision installed and tagged `default`, every meshed
+    pod on it, the new revision absent, traffic knobs at their defaults."""
     t0 = time.monotonic()
     layout.knobs.unlink(missing_ok=True)
     if not control_plane_installed(layout, old_revision):
@@ -267,7 +247,7 @@ def reset(layout: Layout, old_revision: str, new_revision: str) -> None:
         istioctl(layout, "new", "uninstall", "--revision", new_revision, "-y")
     wait_for_mesh(layout, old_revision)
     print(
-        f"[sandbox] reset to revision {old_revision} in {time.monotonic() - t0:.1f}s "
+        f"[sandbox] seeded revision {old_revision} in {time.monotonic() - t0:.1f}s "
         f"(restarted: {', '.join(stale) or 'nothing'})",
         file=sys.stderr,
     )

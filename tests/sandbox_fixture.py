@@ -76,8 +76,6 @@ def sandbox() -> Iterator[Sandbox]:
     """Start the sandbox once per session (seeded); stop it after if this session started it."""
     was_running = subprocess.run([SANDBOX, "status"], capture_output=True).returncode == 0
     out = subprocess.run([SANDBOX, "up", "--seed"], check=True, capture_output=True, text=True)
-    box = Sandbox(_parse_env(out.stdout))
-    box.reset()
-    yield box
+    yield Sandbox(_parse_env(out.stdout))
     if not was_running and not os.environ.get("SANDBOX_KEEP"):
         subprocess.run([SANDBOX, "down"], check=True)

@@ -103,6 +103,8 @@ class MaintenanceWindow:
     @classmethod
     def parse(cls, spec: str) -> MaintenanceWindow:
         """A window from its spec ("Tue,Thu 02:00-04:00 Asia/Tokyo"; grammar in the module doc)."""
+        if not isinstance(spec, str):
+            raise ParamError(PARAM, spec, "is not a window spec (text)", _SPEC_FIX)
         text = " ".join(spec.split())
         try:
             if match := _CRON_SPEC.match(text):
@@ -174,11 +176,11 @@ class Window:
 
     def contains(self, instant: datetime) -> bool:
         """Whether the instant lies in [start, end)."""
-        return self.start <= instant < self.end
+        return self.start <= _utc(instant, "instant") < self.end
 
     def seconds_left(self, instant: datetime) -> float:
         """Seconds from the instant to the end of the window (0 once it is over)."""
-        return max(0.0, self.end.timestamp() - instant.timestamp())
+        return max(0.0, (self.end - _utc(instant, "instant")).total_seconds())
 
     def __str__(self) -> str:
         zone = self.spec.timezone

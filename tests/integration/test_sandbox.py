@@ -7,8 +7,10 @@ and assert on objects read back from the API, each in namespaces of its own.
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,10 +67,15 @@ def make_namespace(
 
 
 @pytest.fixture
-def namespaces(sandbox: Sandbox) -> Iterator[list[str]]:
-    """Names created by the test, deleted after it."""
+def namespaces(sandbox: Sandbox) -> Iterator[Callable[[str], str]]:
+    """Gives each test fresh namespace names (a deleted one lingers a while); deletes them."""
     created: list[str] = []
-    yield created
+
+    def fresh(prefix: str) -> str:
+        created.append(f"{prefix}-{uuid.uuid4().hex[:6]}")
+        return created[-1]
+
+    yield fresh
     kube = sandbox.kube()
     for name in created:
         kube.core.delete_namespace(name)
@@ -117,20 +124,22 @@ def test_seeded_mesh_runs_the_old_revision(sandbox: Sandbox) -> None:
 
 
 def test_new_pod_in_tagged_namespace_gets_the_tags_revision(
-    sandbox: Sandbox, namespaces: list[str]
+    sandbox: Sandbox, namespaces: Callable[[str], str]
 ) -> None:
     kube = sandbox.kube()
-    namespaces.append("it-inject")
-    ref = make_namespace(kube, "it-inject")
+    name = namespaces("it-inject")
+    ref = make_namespace(kube, name)
     wait_for("the deployment to roll out", lambda: rolled_out(kube, ref))
-    pods = namespace(kube, "it-inject").pods
+    pods = namespace(kube, name).pods
     assert len(pods) == 2
     assert {p.revision for p in pods} == {sandbox.old_revision}
     assert {p.proxy_version for p in pods} == {sandbox.env["SANDBOX_OLD_VERSION"]}
 
 
-def success_rate(sandbox: Sandbox, ns: str) -> list[float]:
-    return health.query_prometheus(sandbox.prometheus_url, health.success_rate_query(ns, "20s"))
+def success_rate(sandbox: Sandbox, ns: str) -> float | None:
+    """The namespace's success rate now, or None while Prometheus has no rate for it yet."""
+    values = health.query_prometheus(sandbox.prometheus_url, health.success_rate_query(ns, "20s"))
+    return values[0] if values and not math.isnan(values[0]) else None
 
 
 def put_knobs(sandbox: Sandbox, knobs: dict[str, Any]) -> None:
@@ -145,19 +154,19 @@ def put_knobs(sandbox: Sandbox, knobs: dict[str, Any]) -> None:
 
 
 def test_success_rate_has_data_and_drops_with_the_knob(
-    sandbox: Sandbox, namespaces: list[str]
+    sandbox: Sandbox, namespaces: Callable[[str], str]
 ) -> None:
     kube = sandbox.kube()
-    namespaces.append("it-metrics")
-    ref = make_namespace(kube, "it-metrics")
+    name = namespaces("it-metrics")
+    ref = make_namespace(kube, name)
     wait_for("the deployment to roll out", lambda: rolled_out(kube, ref))
-    healthy = wait_for("a success rate", lambda: success_rate(sandbox, "it-metrics"))
-    assert healthy == [pytest.approx(1.0)]
-    put_knobs(sandbox, {"namespaces": {"it-metrics": {"error_rate": 0.5}}})
+    healthy = wait_for("a success rate", lambda: success_rate(sandbox, name))
+    assert healthy == pytest.approx(1.0)
+    put_knobs(sandbox, {"namespaces": {name: {"error_rate": 0.5}}})
     try:
         wait_for(
             "the success rate to drop below 0.9",
-            lambda: (v := success_rate(sandbox, "it-metrics")) and v[0] < 0.9,
+            lambda: (success_rate(sandbox, name) or 1.0) < 0.9,
         )
     finally:
         put_knobs(sandbox, {})
@@ -172,13 +181,13 @@ def fresh_mesh(sandbox: Sandbox) -> Iterator[Sandbox]:
 
 
 def test_canary_upgrade_by_hand_with_the_real_istioctl(
-    fresh_mesh: Sandbox, namespaces: list[str]
+    fresh_mesh: Sandbox, namespaces: Callable[[str], str]
 ) -> None:
     box, kube = fresh_mesh, fresh_mesh.kube()
     old, new = box.old_revision, box.new_revision
     istioctl_new = box.env["SANDBOX_ISTIOCTL_NEW"]
-    namespaces.append("it-upgrade")
-    ref = make_namespace(kube, "it-upgrade")
+    name = namespaces("it-upgrade")
+    ref = make_namespace(kube, name)
     wait_for("the deployment to roll out", lambda: rolled_out(kube, ref))
 
     box.run(istioctl_new, "install", "-y", "--set", f"revision={new}", "--set", "profile=minimal")
@@ -193,9 +202,9 @@ def test_canary_upgrade_by_hand_with_the_real_istioctl(
     assert not cluster.restart(kube, ref, "it-upgrade-1"), "the same stamp restarts nothing"
     wait_for(
         "the restart to roll out",
-        lambda: rolled_out(kube, ref) and progress.on_revision(namespace(kube, "it-upgrade"), new),
+        lambda: rolled_out(kube, ref) and progress.on_revision(namespace(kube, name), new),
     )
-    pods = progress.live_pods(namespace(kube, "it-upgrade"))
+    pods = progress.live_pods(namespace(kube, name))
     assert {p.revision for p in pods} == {new}
     assert {p.proxy_version for p in pods} == {box.env["SANDBOX_NEW_VERSION"]}
 

@@ -21,13 +21,18 @@ def params(box: Sandbox, **overrides: Any) -> dict[str, Any]:
 BAD = [
     pytest.param({"target_revision": "1.32.0"}, "target_revision", "e.g.", id="dotted-revision"),
     pytest.param({"target_revision": ""}, "target_revision", "", id="missing-target"),
-    pytest.param({"target_revision": "OLD"}, "target_revision", "", id="old-equals-new"),
+    pytest.param(
+        {"target_revision": "OLD", "current_revision": "OLD"},
+        "current_revision",
+        "",
+        id="old-equals-new",
+    ),
     pytest.param({"tag": "prod"}, "tag", "istioctl tag set", id="unknown-tag"),
     pytest.param({"canary_namespaces": ["nope"]}, "canary_namespaces", "", id="unknown-canary"),
     pytest.param(
         {"canary_namespaces": ["bar"], "exclude_namespaces": ["bar"]},
+        "canary_namespaces",
         "exclude_namespaces",
-        "",
         id="canary-also-excluded",
     ),
     pytest.param({"min_success_rate": -0.5}, "min_success_rate", "", id="negative-rate"),
@@ -38,7 +43,7 @@ BAD = [
     pytest.param(
         {"include_namespaces": ["kube-system"]},
         "include_namespaces",
-        "label",
+        "namespaces following tag",
         id="namespace-not-following-tag",
     ),
     pytest.param(
@@ -68,8 +73,7 @@ def resource_versions(box: Sandbox) -> dict[str, str]:
 def test_bad_params_are_refused_before_any_change(
     sandbox: Sandbox, overrides: dict[str, Any], param: str, fix_hint: str
 ) -> None:
-    if overrides.get("target_revision") == "OLD":
-        overrides = {**overrides, "target_revision": sandbox.old_revision}
+    overrides = {k: sandbox.old_revision if v == "OLD" else v for k, v in overrides.items()}
     before = resource_versions(sandbox)
     with pytest.raises(ParamError) as err:
         steps.validate(sandbox.kube(), params(sandbox, **overrides))
