@@ -5,6 +5,8 @@ include mk/venv.mk
 
 export PYTHONPATH := $(CURDIR)/include:$(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 PYTEST := $(PY) -m pytest
 
 .PHONY: help setup system-deps sandbox-build sandbox-up sandbox-down test unit integration lint
