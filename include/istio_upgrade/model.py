@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -165,20 +164,6 @@ def points_at_tag(namespace_labels: dict[str, str], tag: str) -> bool:
     if rev:
         return rev == tag
     return tag == "default" and namespace_labels.get(INJECTION_LABEL) == "enabled"
-
-
-# Pods in these phases have stopped: their proxy serves no traffic, so they neither need a
-# restart nor show which revision a namespace runs.
-TERMINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
-
-
-def revision_counts(pods: Iterable[PodState]) -> dict[str, int]:
-    """How many live injected pods run each revision; the fact behind "is this namespace moved"."""
-    counts: dict[str, int] = {}
-    for pod in pods:
-        if pod.revision and pod.phase not in TERMINAL_POD_PHASES:
-            counts[pod.revision] = counts.get(pod.revision, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def revision_version(revision: str) -> str | None:

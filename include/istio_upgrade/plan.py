@@ -7,14 +7,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from istio_upgrade.model import (
-    TERMINAL_POD_PHASES,
-    MeshSnapshot,
-    NamespaceState,
-    PodState,
-    WorkloadRef,
-    revision_version,
-)
+from istio_upgrade import progress
+from istio_upgrade.model import MeshSnapshot, NamespaceState, WorkloadRef, revision_version
 from istio_upgrade.params import ResolvedParams
 
 
@@ -61,17 +55,12 @@ def plan_namespace(
     injected pod counts as already there. Workloads in `skip` (gateways, restarted on their
     own) still count for "already on target" but are not restarted here.
     """
-    off: list[PodState] = [
-        p
-        for p in namespace.pods
-        if p.revision and p.revision != revision and p.phase not in TERMINAL_POD_PHASES
-    ]
-    owners = {p.owner for p in off if p.owner is not None and p.owner not in skip}
+    stuck = progress.unrestartable(namespace, revision)
     return NamespacePlan(
         name=namespace.name,
-        workloads=tuple(sorted(owners, key=lambda w: (w.kind, w.name))),
-        already_on_target=not off,
-        unrestartable_pods=tuple(sorted(p.name for p in off if p.owner is None)),
+        workloads=tuple(progress.workloads_to_restart(namespace, revision, skip)),
+        already_on_target=not progress.off_revision(namespace, revision) and not stuck,
+        unrestartable_pods=tuple(sorted(p.name for p in stuck)),
     )
 
 

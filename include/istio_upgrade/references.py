@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from istio_upgrade.model import REV_LABEL, MeshSnapshot
-
-FINISHED_PHASES = ("Succeeded", "Failed")
+from istio_upgrade.progress import TERMINAL_POD_PHASES
 
 
 class Usage(StrEnum):
@@ -56,7 +55,7 @@ def revision_usage(snapshot: MeshSnapshot, revision: str) -> RevisionUsage:
         users += [
             f"pod {p.namespace}/{p.name}"
             for p in ns.pods
-            if p.revision == revision and p.phase not in FINISHED_PHASES
+            if p.revision == revision and p.phase not in TERMINAL_POD_PHASES
         ]
     return RevisionUsage(revision, Usage.IN_USE if users else Usage.UNUSED, tuple(users))
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from istio_upgrade.health import Metric, MetricCheck
-from istio_upgrade.model import MeshSnapshot, NamespaceState, UpgradePhase, revision_counts
+from istio_upgrade.model import MeshSnapshot, NamespaceState, UpgradePhase
+from istio_upgrade.progress import revision_counts
 
 
 def revisions_text(namespace: NamespaceState | None) -> str:

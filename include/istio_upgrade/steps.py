@@ -82,11 +82,6 @@ def precheck(istioctl: Istioctl) -> str:
     return result.stdout.strip()
 
 
-def namespace_summary(snapshot: MeshSnapshot) -> dict[str, dict[str, int]]:
-    """Pods per revision per namespace: the before/after picture for the report."""
-    return {ns.name: progress.revision_counts(ns) for ns in snapshot.namespaces}
-
-
 def control_plane_ready(kube: Kube, revision: str) -> bool:
     """istiod-<revision> is available and its injector webhook exists."""
     plane = next((c for c in cluster.control_planes(kube) if c.revision == revision), None)

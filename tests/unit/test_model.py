@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from istio_upgrade.model import PodState, revision_counts, revision_version
+from istio_upgrade.model import PodState, revision_version
+from istio_upgrade.progress import revision_counts
 
 
 @pytest.mark.parametrize(
