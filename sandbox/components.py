@@ -164,7 +164,6 @@ def stop(layout: Layout, name: str, grace: float = 10.0) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        # Reap it if it is our child (it is not, in a later CLI call).
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)

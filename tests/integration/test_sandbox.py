@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 from sandbox_fixture import Sandbox
 
-from istio_upgrade import cluster, health, progress
+from istio_upgrade import cluster, health, progress, steps
 from istio_upgrade.model import WorkloadRef
 
 pytestmark = pytest.mark.sandbox
@@ -211,3 +211,29 @@ def test_canary_upgrade_by_hand_with_the_real_istioctl(
     box.run(istioctl_new, "uninstall", "--revision", old, "-y")
     wait_for("the old revision's objects to go", lambda: not cluster.revision_objects(kube, old))
     assert old not in {c.revision for c in cluster.control_planes(kube)}
+
+
+def test_restart_step_run_twice_restarts_once(
+    sandbox: Sandbox, namespaces: Callable[[str], str]
+) -> None:
+    """A retried restart task (same run, same revision) finds its stamp and restarts nothing."""
+    kube = sandbox.kube()
+    name = namespaces("it-retry")
+    ref = make_namespace(kube, name)
+    wait_for("the deployment to roll out", lambda: rolled_out(kube, ref))
+    before = {p.uid for p in progress.live_pods(namespace(kube, name))}
+    # Restart onto a revision the pods do not run, as a rollback would: the step acts.
+    stamp = steps.restart_stamp("run-1", "other")
+    assert steps.restart_namespaces(kube, [name], "other", stamp)
+    wait_for(
+        "the restart to roll out",
+        lambda: (
+            rolled_out(kube, ref)
+            and not before & {p.uid for p in progress.live_pods(namespace(kube, name))}
+        ),
+    )
+    after = {p.uid for p in progress.live_pods(namespace(kube, name))}
+    steps.restart_namespaces(kube, [name], "other", stamp)
+    time.sleep(2)  # long enough for a restart to have replaced pods (ready delay 0.5 s)
+    assert rolled_out(kube, ref)
+    assert {p.uid for p in progress.live_pods(namespace(kube, name))} == after
