@@ -48,3 +48,15 @@ integration: setup
 
 test: setup lint
 	$(PYTEST) tests
+
+# Benchmarks print ratios against a baseline run in the same process. They use a sandbox of
+# their own (other ports, BENCH_NAMESPACES extra namespaces) and stop it afterwards.
+BENCH_NAMESPACES ?= 200
+BENCH_ENV := SANDBOX_HOME=/tmp/istio-canary-bench SANDBOX_ETCD_PORT=42379 \
+  SANDBOX_APISERVER_PORT=46443 SANDBOX_KWOK_PORT=50247 SANDBOX_TRAFFIC_PORT=49464 \
+  SANDBOX_PROMETHEUS_PORT=49090
+.PHONY: bench
+bench: setup
+	$(BENCH_ENV) sandbox/sandbox up --seed --extra-namespaces $(BENCH_NAMESPACES) > /tmp/istio-canary-bench.env
+	. /tmp/istio-canary-bench.env && $(PY) bench/snapshot_scale.py; rc=$$?; \
+	  $(BENCH_ENV) sandbox/sandbox down --purge; exit $$rc

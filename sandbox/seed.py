@@ -226,7 +226,7 @@ def seed(layout: Layout, old_revision: str, new_revision: str, extra_namespaces:
         istioctl(
             layout, "old", "tag", "set", "default", "--revision", old_revision, "--overwrite", "-y"
         )
-    items = {"apiVersion": "v1", "kind": "List", "items": mesh_objects()}
+    items = {"apiVersion": "v1", "kind": "List", "items": mesh_objects(extra_namespaces)}
     kubectl(
         layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(items)
     )
