@@ -1,0 +1,71 @@
+"""What a person sees in the Airflow UI: the trigger form explains every param, and the grid
+of a finished run names each mapped namespace task by its namespace."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from typing import Any
+
+import pytest
+from browser_stack import OUT, UiRun
+
+from istio_upgrade.params import PARAM_SPECS
+
+pytestmark = pytest.mark.sandbox
+
+DAG_ID = "istio_canary_upgrade"
+NAMESPACES = ("foo", "baz", "qux")  # upgraded after the canary bar, one mapped group each
+GROUP_STEPS = ("wait_turn", "restart", "wait_rollout", "verify")
+
+
+def test_trigger_form_shows_every_param_with_its_description(page: Any, ui_run: UiRun) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{ui_run.url}/dags/{DAG_ID}")
+    expect(page.get_by_role("heading", name=DAG_ID)).to_be_visible()
+    page.get_by_role("button", name="Trigger").first.click()
+    form = page.get_by_role("dialog")
+    expect(form.get_by_text(f"Trigger Dag - {DAG_ID}")).to_be_visible()
+    expect(form.get_by_text("Run Parameters")).to_be_visible()
+
+    for name, spec in PARAM_SPECS.items():
+        # The label is the title, with a '*' when the param is required.
+        title = form.get_by_text(re.compile(rf"^{re.escape(spec.title)}\s*\*?$")).first
+        expect(title, f"param {name!r}: title {spec.title!r}").to_be_visible()
+        description = form.get_by_text(spec.description, exact=True)
+        expect(description, f"param {name!r}: its description").to_be_visible()
+
+    form.locator("#element_target_revision").fill("1-32-0")
+    expect(form.get_by_role("button", name="Trigger")).to_be_enabled()
+    page.screenshot(path=str(OUT / "trigger-form.png"))
+    form.get_by_role("button", name="Close").click()  # nothing is triggered from the form
+
+
+def test_grid_of_a_finished_run_names_mapped_tasks_by_namespace(page: Any, ui_run: UiRun) -> None:
+    from playwright.sync_api import expect
+
+    state = ui_run.finished()
+    assert state == "success", ui_run.progress.getvalue()
+
+    run = urllib.parse.quote(ui_run.run_id, safe="")
+    page.goto(f"{ui_run.url}/dags/{DAG_ID}/runs/{run}/tasks/group/upgrade_namespace")
+    expect(page.get_by_role("heading", name="upgrade_namespace")).to_be_visible()
+    total = len(NAMESPACES) * len(GROUP_STEPS)
+    expect(page.get_by_text(f"{total} Task Instances")).to_be_visible()
+
+    rows = page.get_by_role("row")
+    for ns in NAMESPACES:
+        for step in GROUP_STEPS:
+            row = rows.filter(has_text=f"upgrade_namespace.{step}").filter(
+                has=page.get_by_role("link", name=ns, exact=True)
+            )
+            expect(row, f"{step} of namespace {ns}").to_have_count(1)
+            expect(row).to_contain_text("Success")
+
+    # The grid on the left: open the mapped group; it lists the steps each namespace ran.
+    page.locator('[aria-label="Toggle group"][data-group-id="upgrade_namespace"]').click()
+    for step in GROUP_STEPS:
+        expect(page.get_by_test_id(f"upgrade_namespace.{step}")).to_be_visible()
+    page.locator("th").filter(has_text="Map Index").click()  # rows by namespace
+    page.screenshot(path=str(OUT / "grid.png"))
