@@ -7,9 +7,9 @@
 `up` leaves Airflow and the sandbox running so the run can be looked at in the UI; a second
 `up` reuses both, re-seeds the sandbox (old revision everywhere) and runs the DAG again.
 Where things go (all optional): DEMO_HOME (default out/demo: state, Airflow home, log),
-DEMO_PORT (Airflow's API server and UI, default 8080), SANDBOX_HOME and SANDBOX_*_PORT (the
-sandbox, see sandbox/components.py). Uses only the standard library; Airflow runs from the
-venv of the Python that runs this script.
+DEMO_PORT (Airflow's API server and UI, default 8080), DEMO_CONF (JSON params on top of the
+demo's), SANDBOX_HOME and SANDBOX_*_PORT (the sandbox, see sandbox/components.py).
+Uses only the standard library; Airflow runs from the venv of the Python that runs this.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -368,13 +368,15 @@ def label(ti: dict[str, Any]) -> str:
 
 @dataclass
 class Follower:
-    """Prints each step once when it starts and once when it ends, and each namespace when
-    its mapped group is through."""
+    """Prints each step once when it starts and once when it ends, each namespace when its
+    mapped group is through, and why a task failed (from its log)."""
 
     out: TextIO
+    explain: Callable[[dict[str, Any]], str] = lambda _ti: ""
     t0: float = field(default_factory=time.monotonic)
     started: set[str] = field(default_factory=set)
     ended: set[str] = field(default_factory=set)
+    not_run: set[str] = field(default_factory=set)
     namespaces_done: set[str] = field(default_factory=set)
 
     def line(self, text: str) -> None:
@@ -389,16 +391,26 @@ class Follower:
             if state in ACTIVE and key not in self.started and not mapped:
                 self.started.add(key)
                 self.line(f"..  {label(ti)} {state}")
-            if state in TERMINAL and key not in self.ended:
-                self.ended.add(key)
-                if state == "skipped" and not mapped:
-                    self.line(f"--  {label(ti)} skipped")
-                elif state == "success":
-                    took = ti.get("duration")
-                    self.line(f"ok  {label(ti)}" + (f" ({took:.1f}s)" if took else ""))
-                elif state != "skipped":
-                    self.line(f"!!  {label(ti)} {state.upper()}")
+            if state not in TERMINAL or key in self.ended:
+                continue
+            self.ended.add(key)
+            if state == "success":
+                took = ti.get("duration")
+                self.line(f"ok  {label(ti)}" + (f" ({took:.1f}s)" if took else ""))
+            elif state == "skipped" and not mapped:
+                self.line(f"--  {label(ti)} skipped")
+            elif state == "upstream_failed":
+                self.not_run.add(label(ti))  # summed up at the end, not one line each
+            elif state != "skipped":
+                self.line(f"!!  {label(ti)} {state.upper()}")
+                why = self.explain(ti)
+                if why:
+                    self.line(f"    {why}")
         self._namespaces(tis)
+
+    def finish(self) -> None:
+        if self.not_run:
+            self.line(f"--  {len(self.not_run)} steps not run (upstream failed)")
 
     def _namespaces(self, tis: list[dict[str, Any]]) -> None:
         by_index: dict[int, dict[str, dict[str, Any]]] = {}
@@ -417,16 +429,40 @@ class Follower:
                 self.line(f"==  namespace {name}: {verdict}")
 
 
+def failure_of(api: Api, run_id: str, ti: dict[str, Any]) -> str:
+    """`ExcType: message` of a failed task instance, from its log (empty if not found)."""
+    path = (
+        f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{ti['task_id']}"
+        f"/logs/{max(int(ti.get('try_number') or 1), 1)}"
+    )
+    query = {"full_content": "true"}
+    if ti["map_index"] >= 0:
+        query["map_index"] = str(ti["map_index"])
+    try:
+        entries = api.call("GET", path, **query).get("content") or []
+    except (DemoError, OSError, ValueError, AttributeError):
+        return ""
+    details = [
+        e["error_detail"][0]
+        for e in (entries if isinstance(entries, list) else [])
+        if isinstance(e, dict) and e.get("error_detail")
+    ]
+    if not details:
+        return ""
+    return f"{details[-1].get('exc_type', 'Error')}: {details[-1].get('exc_value', '')}"
+
+
 def follow(
     api: Api, run_id: str, out: TextIO = sys.stdout, timeout: float = 1200.0, poll: float = 2.0
 ) -> str:
     """Print the run's progress until it ends; returns its final state."""
-    follower = Follower(out)
+    follower = Follower(out, explain=lambda ti: failure_of(api, run_id, ti))
     deadline = time.monotonic() + timeout
     while True:
         state = str(api.dag_run(run_id)["state"])
         follower.update(api.task_instances(run_id))
         if state in ("success", "failed"):
+            follower.finish()
             return state
         if time.monotonic() > deadline:
             raise DemoError(f"run {run_id} still {state} after {timeout:.0f}s; see the UI")
@@ -438,7 +474,13 @@ def report_text(api: Api, run_id: str) -> str:
     try:
         value = api.xcom(run_id, "report")
     except ApiError as err:
-        return f"(no report: {err})"
+        if err.status != 404:
+            return f"(no report: {err})"
+        tis = {t["task_id"]: t for t in api.task_instances(run_id)}
+        state = tis.get("report", {}).get("state")
+        if state == "skipped":
+            return "(no report: task report skipped, as nothing ran against the cluster)"
+        return f"(no report: task report ended {state}; see its log in the UI)"
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             value = json.loads(value)
@@ -459,12 +501,21 @@ def timer(what: str) -> Iterator[None]:
     say(f"{what} in {time.monotonic() - t0:.0f}s")
 
 
-def conf_for(box: dict[str, str]) -> dict[str, Any]:
-    """The run's params: the sandbox's new revision and Prometheus, demo-sized timings."""
+def conf_for(box: dict[str, str], extra: str = "") -> dict[str, Any]:
+    """The run's params: the sandbox's new revision and Prometheus, demo-sized timings, then
+    `extra` (DEMO_CONF, a JSON object such as '{"require_approval": true}') on top."""
+    example = """e.g. DEMO_CONF='{"bake_seconds": 60}'"""
+    try:
+        overrides = json.loads(extra) if extra.strip() else {}
+    except ValueError as err:
+        raise DemoError(f"DEMO_CONF={extra!r} is not JSON ({err}); {example}") from err
+    if not isinstance(overrides, dict):
+        raise DemoError(f"DEMO_CONF={extra!r} is not a JSON object; {example}")
     return {
         "target_revision": box["SANDBOX_NEW_REVISION"],
         "prometheus_url": box["SANDBOX_PROMETHEUS_URL"],
         **DEMO_PARAMS,
+        **overrides,
     }
 
 
@@ -517,19 +568,26 @@ def run_once(stack: Stack, conf: dict[str, Any], out: TextIO = sys.stdout) -> tu
     return run_id, state
 
 
+def stop_vars(demo: Demo) -> str:
+    """The make variables `make demo-stop` needs to find this demo (none for the default)."""
+    default = Demo.from_env({})
+    out = "" if demo.home == default.home else f" DEMO_HOME={demo.home}"
+    return out + ("" if demo.port == default.port else f" DEMO_PORT={demo.port}")
+
+
 def cmd_up(demo: Demo) -> int:
     t0 = time.monotonic()
     stack = bring_up(demo)
-    run_id, state = run_once(stack, conf_for(stack.box))
+    run_id, state = run_once(stack, conf_for(stack.box, os.environ.get("DEMO_CONF", "")))
     print(f"\n{report_text(stack.api(), run_id)}\n", flush=True)
     say(f"total {time.monotonic() - t0:.0f}s")
     print(
         f"""
   Airflow UI   {demo.url}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id)}
   login        {USER} / {demo.password()}   (from {demo.password_file})
-  sandbox      eval "$({SANDBOX} env)"   # then: $SANDBOX_KUBECTL get pods -A
+  kubectl      KUBECONFIG={stack.box["KUBECONFIG"]} {stack.box["SANDBOX_KUBECTL"]} get pods -A
   Airflow log  {demo.log}
-  stop it all  make demo-stop
+  stop it all  make demo-stop{stop_vars(demo)}
 """,
         flush=True,
     )
