@@ -76,11 +76,16 @@ class UiRun:
 
 
 def _reusable_demo() -> UiRun | None:
-    """A running `make demo` whose latest run of the DAG succeeded, or None."""
+    """A running `make demo` of this checkout with a successful run of the DAG, or None."""
     d = demo.Demo.from_env()
     if demo.running_stack(d) is None:
         return None
     api = demo.Api.login(d.url, d.password())
+    # Only a demo of this checkout: the form must show the params declared here.
+    fileloc = api.call("GET", f"/api/v2/dags/{demo.DAG_ID}/details")["fileloc"]
+    if Path(fileloc).parent != REPO / "dags":
+        print(f"\n[browser] not reusing the demo at {d.url}: it runs {fileloc}")
+        return None
     runs = api.call(
         "GET",
         f"/api/v2/dags/{demo.DAG_ID}/dagRuns",

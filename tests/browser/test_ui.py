@@ -38,7 +38,7 @@ def test_trigger_form_shows_every_param_with_its_description(page: Any, ui_run: 
 
     form.locator("#element_target_revision").fill("1-32-0")
     expect(form.get_by_role("button", name="Trigger")).to_be_enabled()
-    page.screenshot(path=str(OUT / "trigger-form.png"))
+    page.screenshot(path=str(OUT / "trigger-form.png"), animations="disabled")
     form.get_by_role("button", name="Close").click()  # nothing is triggered from the form
 
 
@@ -68,4 +68,4 @@ def test_grid_of_a_finished_run_names_mapped_tasks_by_namespace(page: Any, ui_ru
     for step in GROUP_STEPS:
         expect(page.get_by_test_id(f"upgrade_namespace.{step}")).to_be_visible()
     page.locator("th").filter(has_text="Map Index").click()  # rows by namespace
-    page.screenshot(path=str(OUT / "grid.png"))
+    page.screenshot(path=str(OUT / "grid.png"), animations="disabled")
