@@ -5,7 +5,8 @@ DAG and one finished upgrade run, and a logged-in headless Chromium (Debian's
 A demo left running by `make demo` is reused when it has a successful run; otherwise the
 session starts its own sandbox and `airflow standalone` on ports of their own (so the default
 sandbox and a demo are never touched), runs the DAG once with fast params, and stops both
-after.
+after the module (not at the end of the whole session, so they do not idle through the
+other tests on our two cores).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def _reusable_demo() -> UiRun | None:
     return UiRun(d.url, d.password(), api, runs[0]["dag_run_id"], True, io.StringIO())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ui_run() -> Iterator[UiRun]:
     """Reuse a finished demo run, or start a stack of our own and trigger a run on it."""
     reused = _reusable_demo()
@@ -126,7 +127,7 @@ def ui_run() -> Iterator[UiRun]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Headless Debian Chromium with a fresh profile (never a Playwright-downloaded browser)."""
     from playwright.sync_api import sync_playwright
@@ -147,7 +148,7 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         context.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def page(browser_context: Any, ui_run: UiRun) -> Any:
     """A page logged in through the UI's own sign-in form (SimpleAuthManager)."""
     from playwright.sync_api import expect
