@@ -1,7 +1,9 @@
 # istio-canary-upgrade: `make demo` runs the upgrade on the local sandbox; `make test` runs
 # every test (what CI runs). Both set up what they need from scratch.
 SHELL := /bin/bash
+.DEFAULT_GOAL := help
 include mk/venv.mk
+include mk/demo.mk
 
 export PYTHONPATH := $(CURDIR)/include:$(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
@@ -42,11 +44,11 @@ unit: venv
 	$(PYTEST) tests/unit
 
 # The integration and DAG tests start the sandbox once for the session (and stop it after,
-# unless it was already running).
+# unless it was already running); the browser test starts its own sandbox and Airflow.
 integration: setup
 	$(PYTEST) tests/integration tests/dags
 
-test: setup lint
+test: setup browser-deps lint
 	$(PYTEST) tests
 
 # Benchmarks print ratios against a baseline run in the same process. They use a sandbox of
