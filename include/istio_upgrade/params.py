@@ -24,6 +24,11 @@ ISTIO_VERSION = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$")
 CONN_ID = re.compile(r"^[\w.-]{1,250}$")
 # `istiod-<revision>` names a Service, which must be a DNS label: 63 - len("istiod-")
 MAX_REVISION_LEN = 56
+# A manual window longer than a week is a typo (seconds typed as minutes), not a window
+MAX_WINDOW_MINUTES = 7 * 24 * 60
+APPROVAL_DEFAULTS = ("reject", "approve")
+# Where a run without target_revision finds it: this Airflow Variable, then the DAG's default
+TARGET_VARIABLE = "istio_upgrade_target_revision"
 
 # JSON-schema fragments shared by the table below (Airflow validates Params with jsonschema)
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -253,6 +258,34 @@ PARAM_SPECS: Mapping[str, ParamSpec] = MappingProxyType(
             "Base URL of the Prometheus that scrapes the mesh's Istio standard metrics.",
             {"pattern": r"^https?://"},
         ),
+        "window_minutes": ParamSpec(
+            0,
+            "integer",
+            "Window length (min)",
+            "How long a manually triggered run may start new waves, counted from the start of "
+            "the run: before each wave it compares the time left with how long a wave took, "
+            "and pauses (mesh valid, old revision kept) when the next one would not fit. "
+            "0: no limit of its own; a run of the maintenance-window schedule, or a manual "
+            "run inside one of its windows, works until that window ends.",
+            {"minimum": 0, "maximum": MAX_WINDOW_MINUTES},
+        ),
+        "approval_timeout_seconds": ParamSpec(
+            1800,
+            "integer",
+            "Approval timeout (s)",
+            "With require_approval: how long to wait for a person's answer before "
+            "approval_default is taken.",
+            {"minimum": 1},
+        ),
+        "approval_default": ParamSpec(
+            "reject",
+            "string",
+            "Answer when nobody approves",
+            "With require_approval: what counts as the answer once approval_timeout_seconds "
+            "passed without one. 'reject' rolls the canary back (fail closed); 'approve' "
+            "continues with the remaining namespaces.",
+            {"enum": list(APPROVAL_DEFAULTS)},
+        ),
     }
 )
 
@@ -287,6 +320,11 @@ class UpgradeParams:
     require_approval: bool
     kubernetes_conn_id: str
     prometheus_url: str
+    # Added with the maintenance-window and approval features; the defaults let a run that
+    # started before them (its params in XCom without these keys) still be read back.
+    window_minutes: int = 0
+    approval_timeout_seconds: int = 1800
+    approval_default: str = "reject"
 
     @property
     def gateway_refs(self) -> tuple[WorkloadRef, ...]:
@@ -344,7 +382,11 @@ def parse_params(raw: Mapping[str, Any]) -> UpgradeParams:
     target = get.text("target_revision")
     if not target:
         raise ParamError(
-            "target_revision", target, "is required", "set it to the new revision, e.g. '1-31-0'"
+            "target_revision",
+            target,
+            "is required",
+            "set it to the new revision, e.g. '1-31-0' (for scheduled runs: in the Airflow "
+            f"Variable {TARGET_VARIABLE})",
         )
     _check_revision("target_revision", target)
     current = get.text("current_revision")
@@ -410,6 +452,9 @@ def parse_params(raw: Mapping[str, Any]) -> UpgradeParams:
         require_approval=get.flag("require_approval"),
         kubernetes_conn_id=_check_conn_id(get.text("kubernetes_conn_id")),
         prometheus_url=_check_url(get.text("prometheus_url")),
+        window_minutes=_check_window_minutes(get.integer("window_minutes", minimum=0)),
+        approval_timeout_seconds=get.integer("approval_timeout_seconds", minimum=1),
+        approval_default=_check_approval_default(get.text("approval_default")),
     )
 
 
@@ -504,6 +549,12 @@ def _check_label(name: str, value: str, max_len: int = 63) -> None:
 
 def _check_revision(name: str, value: str) -> None:
     _check_label(name, value, MAX_REVISION_LEN)
+
+
+def check_revision(name: str, value: str) -> str:
+    """A revision name as `target_revision` takes it, for settings outside the params."""
+    _check_revision(name, value)
+    return value
 
 
 def _check_istioctl(value: str, target: str) -> str:
@@ -605,6 +656,46 @@ def _check_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _check_window_minutes(value: int) -> int:
+    if value > MAX_WINDOW_MINUTES:
+        raise ParamError(
+            "window_minutes",
+            value,
+            f"is more than a week ({MAX_WINDOW_MINUTES} minutes)",
+            "give the window in minutes, e.g. 120 for two hours, or 0 for no limit",
+        )
+    return value
+
+
+def _check_approval_default(value: str) -> str:
+    if value not in APPROVAL_DEFAULTS:
+        raise ParamError(
+            "approval_default",
+            value,
+            "is not an answer the approval can default to",
+            f"use {' or '.join(repr(a) for a in APPROVAL_DEFAULTS)} ('reject' fails closed)",
+        )
+    return value
+
+
+def with_target(
+    raw: Mapping[str, Any], variable: str | None, configured: str
+) -> tuple[dict[str, Any], str]:
+    """The raw params with target_revision filled in, and where it came from.
+
+    Precedence: the run's own param (a manual trigger) > the Airflow Variable
+    `istio_upgrade_target_revision` > the DAG's configured default. A scheduled run carries
+    the Param defaults, so its target comes from the Variable or the configured default.
+    """
+    given = raw.get("target_revision")
+    if isinstance(given, str) and given.strip():
+        return dict(raw), "param"
+    for value, source in ((variable, f"Variable {TARGET_VARIABLE}"), (configured, "DAG default")):
+        if value and value.strip():
+            return {**raw, "target_revision": value.strip()}, source
+    return dict(raw), "none"
+
+
 # -- check_against_cluster: the discovered defaults, resolved against one snapshot ------------
 
 
@@ -618,6 +709,9 @@ class ResolvedParams:
     canary: tuple[str, ...]
     excluded: tuple[str, ...]  # follow the tag but excluded: they keep the old revision in use
     resumed: bool  # the tag already pointed at the target: an earlier run got that far
+    # When this run must stop starting waves (ISO 8601, UTC) and why; None: no limit
+    window_end: str | None = None
+    window_basis: str = "no window"
 
     @property
     def target_revision(self) -> str:
@@ -636,6 +730,8 @@ class ResolvedParams:
             "canary": list(self.canary),
             "excluded": list(self.excluded),
             "resumed": self.resumed,
+            "window_end": self.window_end,
+            "window_basis": self.window_basis,
         }
 
     @classmethod
@@ -648,6 +744,8 @@ class ResolvedParams:
             canary=tuple(data["canary"]),
             excluded=tuple(data["excluded"]),
             resumed=bool(data["resumed"]),
+            window_end=data.get("window_end"),
+            window_basis=data.get("window_basis", "no window"),
         )
 
 

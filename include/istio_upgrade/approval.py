@@ -1,0 +1,158 @@
+"""Human approval of the canary: the question a person sees, and how the answer counts.
+
+After the metric gate passed, a person may have to approve before the remaining namespaces
+move (param `require_approval`). The question shows the canary's own figures; *Approve*
+continues, *Reject* rolls back, and without an answer within `approval_timeout_seconds`
+the scheduler records `approval_default` (reject unless configured otherwise: fail closed).
+`verdict` is what the branch after the gate decides from both the gate and the answer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from istio_upgrade.health import HealthVerdict, Metric
+from istio_upgrade.params import ResolvedParams
+
+APPROVE = "Approve"
+REJECT = "Reject"
+OPTIONS = (APPROVE, REJECT)
+
+
+def default_option(approval_default: str) -> str:
+    """The option the scheduler records when nobody answers in time."""
+    return APPROVE if approval_default == "approve" else REJECT
+
+
+def gate_passed(gate: Mapping[str, Any] | None) -> bool:
+    return gate is not None and gate.get("verdict") == HealthVerdict.PASSED.value
+
+
+def skip_reason(require_approval: bool, gate: Mapping[str, Any] | None) -> str | None:
+    """Why no one needs to be asked (the task is skipped), or None when someone must be."""
+    if not require_approval:
+        return "require_approval is off: the metric gate alone decides"
+    if not gate_passed(gate):
+        return "the metric gate did not pass: the canary rolls back without asking"
+    return None
+
+
+def subject(rp: ResolvedParams) -> str:
+    return (
+        f"Istio canary on {rp.target_revision} passed its metric gate: "
+        f"continue the upgrade from {rp.current_revision}?"
+    )
+
+
+def _figure(metric: str, value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "no data"
+    return f"{value:.4f}" if metric == Metric.SUCCESS_RATE.value else f"{value:.1f} ms"
+
+
+def body(rp: ResolvedParams, gate: Mapping[str, Any], timeout_text: str) -> str:
+    """The question in Markdown: the canary's figures, what each answer does, the default."""
+    canary = ", ".join(f"**{n}**" for n in rp.canary)
+    rest = [n for n in rp.namespaces if n not in rp.canary]
+    checks: Sequence[Mapping[str, Any]] = gate.get("checks") or []
+    lines = [
+        f"### Canary on `{rp.target_revision}`: metric gate {gate.get('verdict', '?')}",
+        "",
+        f"The canary namespaces {canary} run revision `{rp.target_revision}` "
+        f"(the rest of the mesh runs `{rp.current_revision}`). Latest check:",
+        "",
+        "| Namespace | Metric | Value | Limit | Outcome |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {c['namespace']} | {c['metric']} | {_figure(c['metric'], c.get('value'))} "
+            f"| {_figure(c['metric'], c.get('limit'))} | {c['outcome']} |"
+            for c in checks
+        ),
+        "",
+        f"{gate.get('message', '')}",
+        "",
+        f"- **{APPROVE}**: restart the remaining namespaces onto `{rp.target_revision}` in "
+        f"waves of {rp.params.wave_concurrency} ({', '.join(rest) or 'none left'}), then "
+        f"remove `{rp.current_revision}` once nothing uses it.",
+        f"- **{REJECT}**: move tag `{rp.tag}` back to `{rp.current_revision}` and restart "
+        "what already moved (gateways and canary).",
+        f"- No answer within {timeout_text}: "
+        f"**{default_option(rp.params.approval_default)}** (approval_default).",
+    ]
+    if rp.window_end:
+        lines.append(f"- The window ends at {rp.window_end}: waves that would not fit wait.")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What came back: the option, who chose it (None: nobody, the timeout default)."""
+
+    option: str
+    by: str | None
+    timed_out: bool
+
+    @property
+    def approved(self) -> bool:
+        return self.option == APPROVE
+
+    @property
+    def message(self) -> str:
+        if self.timed_out or self.by is None:
+            return f"no answer in time: approval_default {self.option!r} was taken"
+        done = {APPROVE: "approved", REJECT: "rejected"}.get(self.option, repr(self.option))
+        return f"{done} by {self.by}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe dict for XCom."""
+        return {
+            "option": self.option,
+            "by": self.by,
+            "timed_out": self.timed_out,
+            "approved": self.approved,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Answer:
+        """Inverse of `to_dict`."""
+        return cls(str(data["option"]), data.get("by"), bool(data.get("timed_out")))
+
+
+def answer_from(
+    chosen: Sequence[str], responded_by: Mapping[str, Any] | None, timed_out: bool
+) -> Answer:
+    """The answer from a Human-in-the-loop response (one option; no user on a timeout)."""
+    option = chosen[0] if len(chosen) == 1 else ""
+    by = None if responded_by is None else str(responded_by.get("name") or responded_by.get("id"))
+    return Answer(option, by, timed_out or by is None)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Continue with the waves, or roll back; and why, for the log and the report."""
+
+    proceed: bool
+    reason: str
+
+
+def verdict(
+    require_approval: bool, gate: Mapping[str, Any] | None, answer: Mapping[str, Any] | None
+) -> Verdict:
+    """The gate must pass; with require_approval a person (or the default) must approve too."""
+    if not gate_passed(gate):
+        detail = (gate or {}).get("message") or "the metric gate gave no verdict"
+        return Verdict(False, str(detail))
+    gate_message = str((gate or {}).get("message", "gate passed"))
+    if not require_approval:
+        return Verdict(True, gate_message)
+    if answer is None:
+        # fail closed: approval was required, and no answer is on record
+        return Verdict(False, "approval required, but no answer was recorded")
+    given = Answer.from_dict(answer)
+    if given.approved:
+        return Verdict(True, f"{gate_message}; {given.message}")
+    return Verdict(False, f"the canary passed its gate but was not approved: {given.message}")

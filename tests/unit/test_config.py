@@ -1,0 +1,97 @@
+"""Deployment settings and the params added for windows and approval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from istio_upgrade.config import TARGET_ENV, WINDOWS_ENV, default_target, windows
+from istio_upgrade.errors import ParamError
+from istio_upgrade.params import TARGET_VARIABLE, parse_params, with_target
+
+
+@pytest.mark.parametrize(
+    ("value", "labels"),
+    [
+        pytest.param(None, [], id="unset-manual-only"),
+        pytest.param("  ", [], id="blank-manual-only"),
+        pytest.param("Tue,Thu 02:00-04:00 Asia/Tokyo", ["Tue,Thu 02:00-04:00 Asia/Tokyo"],
+                     id="one"),
+        pytest.param("Sat 23:00-01:30 UTC; cron '0 */6 * * *' for 30m UTC",
+                     ["Sat 23:00-01:30 UTC", "cron '0 */6 * * *' for 30m UTC"], id="two"),
+    ],
+)  # fmt: skip
+def test_windows_from_the_environment(value: str | None, labels: list[str]) -> None:
+    environ = {} if value is None else {WINDOWS_ENV: value}
+    assert [w.label for w in windows(environ)] == labels
+
+
+def test_a_bad_window_names_the_variable_and_the_fix() -> None:
+    with pytest.raises(ParamError) as err:
+        windows({WINDOWS_ENV: "Tue 02:00-04:00"})
+    assert err.value.param == WINDOWS_ENV and "add an IANA time zone" in str(err.value)
+
+
+def test_default_target() -> None:
+    assert default_target({}) == ""
+    assert default_target({TARGET_ENV: " 1-32-0 "}) == "1-32-0"
+    with pytest.raises(ParamError) as err:
+        default_target({TARGET_ENV: "1.32.0"})
+    assert err.value.param == TARGET_ENV and "'1-32-0'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("param", "variable", "configured", "target", "source"),
+    [
+        pytest.param("1-32-0", "1-33-0", "1-34-0", "1-32-0", "param", id="run-param-first"),
+        pytest.param("", "1-33-0", "1-34-0", "1-33-0", TARGET_VARIABLE, id="then-variable"),
+        pytest.param(None, " ", "1-34-0", "1-34-0", "DAG default", id="then-configured"),
+        pytest.param("", None, "", "", "none", id="nothing-anywhere"),
+    ],
+)  # fmt: skip
+def test_with_target_precedence(
+    param: str | None, variable: str | None, configured: str, target: str, source: str
+) -> None:
+    raw, found = with_target({"target_revision": param, "tag": "default"}, variable, configured)
+    assert (raw["target_revision"] or "", source in found) == (target, True)
+    assert raw["tag"] == "default"
+
+
+def test_a_run_with_no_target_anywhere_says_where_to_set_it() -> None:
+    raw, _ = with_target({}, None, "")
+    with pytest.raises(ParamError) as err:
+        parse_params(raw)
+    assert TARGET_VARIABLE in str(err.value)
+
+
+def parse(**overrides: Any) -> Any:
+    return parse_params({"target_revision": "1-15-4", **overrides})
+
+
+def test_new_param_defaults() -> None:
+    params = parse()
+    assert (params.window_minutes, params.approval_timeout_seconds) == (0, 1800)
+    assert params.approval_default == "reject"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "param", "fix"),
+    [
+        pytest.param({"window_minutes": -5}, "window_minutes", "0 or more", id="window-negative"),
+        pytest.param({"window_minutes": 90.5}, "window_minutes", "use e.g. 0",
+                     id="window-fraction"),
+        pytest.param({"window_minutes": 7200 * 60}, "window_minutes", "120 for two hours",
+                     id="window-seconds-typed-as-minutes"),
+        pytest.param({"approval_timeout_seconds": 0}, "approval_timeout_seconds", "1 or more",
+                     id="timeout-zero"),
+        pytest.param({"approval_default": "Approve"}, "approval_default", "'reject' or 'approve'",
+                     id="default-capitalised"),
+    ],
+)  # fmt: skip
+def test_bad_new_params_name_the_param_and_the_fix(
+    overrides: dict[str, Any], param: str, fix: str
+) -> None:
+    with pytest.raises(ParamError) as err:
+        parse(**overrides)
+    assert err.value.param == param and fix in str(err.value), str(err.value)
