@@ -13,7 +13,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import urllib3
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from kubernetes.client.exceptions import ApiException
 
 from istio_upgrade import cluster, health
 from istio_upgrade.model import WorkloadRef
@@ -66,11 +68,30 @@ class RolloutTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         while True:
-            event = await asyncio.to_thread(self._poll)
+            try:
+                event = await asyncio.to_thread(self._poll)
+            except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
+                # The rollout sensors do not retry (a retry would restart the deadline and
+                # hide a stuck rollout), so a passing API error is waited out here instead,
+                # until the same absolute deadline.
+                if not _transient(err):
+                    raise
+                self.log.warning("rollout poll failed, polling again: %s", err)
+                event = None
+                if time.time() > self.deadline:
+                    event = {"status": "timeout", "message": f"rollout deadline passed: {err}"}
             if event is not None:
                 yield TriggerEvent(event)
                 return
             await asyncio.sleep(self.poll_seconds)
+
+
+def _transient(err: Exception) -> bool:
+    """A connection problem, a timeout, 429 or a 5xx: worth polling again; 4xx is not."""
+    if isinstance(err, ApiException):
+        status = int(err.status or 0)
+        return status == 0 or status == 429 or status >= 500
+    return True
 
 
 class MetricGateTrigger(BaseTrigger):
