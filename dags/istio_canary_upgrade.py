@@ -10,7 +10,8 @@ Moves the mesh from one Istio control-plane revision to the next, the revision-b
 3. **move the tag** (`istioctl tag set <tag> --revision <target> --overwrite -y`, read back);
 4. **restart the gateways** and wait for their rollout; every gateway pod must run the target;
 5. **restart the canary namespaces**, wait, verify;
-6. **metric gate**: success rate and p99 from Prometheus over the bake time;
+6. **metric gate**: success rate and p99 from Prometheus over the bake time; with
+   `require_approval`, then **a person approves** (Approve / Reject, with the canary's figures);
 7. **branch**: *continue* upgrades the remaining namespaces in waves (one mapped task
    group per namespace), then removes the old revision once nothing uses it; *rollback*
    moves the tag back, restarts what moved, verifies the old proxies and ends the run failed;
@@ -18,23 +19,77 @@ Moves the mesh from one Istio control-plane revision to the next, the revision-b
 
 Every task is safe to clear and re-run: it compares the cluster with the goal and acts
 only on the difference. `dry_run` prints the plan and changes nothing.
+
+#### Schedule
+With `ISTIO_UPGRADE_WINDOWS` set (e.g. `Tue,Thu 02:00-04:00 Asia/Tokyo`; several windows
+split by `;`) a run starts when a maintenance window opens and its data interval is that
+window. Unset or empty: no schedule, runs are triggered by hand. A run with an empty
+`target_revision` takes the Airflow Variable `istio_upgrade_target_revision`, else
+`ISTIO_UPGRADE_TARGET_REVISION`. A run skips (and ends green) when the mesh already runs the
+target everywhere, or when it starts after its window has ended.
+
+#### Windows and pauses
+Before each wave, the run compares the time left in its window with the longest wave it
+has measured so far (before the first wave: the canary's restart and rollout; when nothing
+was restarted in this run: `rollout_timeout_seconds`). The window ends with the data
+interval of a scheduled run (or of a manual run triggered inside a window); `window_minutes`
+sets one for a manual run, counted from its start. A wave that would not fit does not start,
+nor does any after it: the mesh stays in its valid mixed state (both revisions installed,
+the tag on the target, each namespace wholly on one revision), the old revision is kept,
+and the report says **paused: N namespaces left**. A paused run ends **success** with
+`conclude` skipped: nothing is broken and nobody needs to act (a failed run would alert and
+count towards auto-pausing the DAG); the next run continues where it stopped, skipping the
+namespaces already on the target.
+
+#### Approval
+With `require_approval`, `approve_canary` waits for a person (Required Actions in the UI,
+or `PATCH .../taskInstances/approve_canary/-1/hitlDetails`). Approve continues, Reject rolls
+back; no answer within `approval_timeout_seconds` counts as `approval_default` (reject by
+default). Without `require_approval` the task is skipped and the gate alone decides.
+
+#### Retries
+Kubernetes API and Prometheus calls retry (3, from 10 s, doubling); istioctl actions retry
+less often and later (2, from 30 s); validation, verifications, the gate, the approval and
+the rollout waits do not retry, so a finding is never retried away, and a refusal raised on
+purpose (bad params, a revision in use, a failed rollout) fails at once even where retries
+are allowed.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pendulum
-from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task_group
+from airflow.sdk import (
+    ExceptionRetryPolicy,
+    Param,
+    RetryAction,
+    RetryRule,
+    TriggerRule,
+    Variable,
+    dag,
+    get_current_context,
+    task,
+    task_group,
+)
 from airflow.sdk.exceptions import AirflowSkipException
+from maintenance_window import MaintenanceWindowTimetable
 
-from istio_upgrade import tasks
-from istio_upgrade.errors import NothingToDo
-from istio_upgrade.operators import MetricGateSensor, RolloutSensor, record_timing
-from istio_upgrade.params import PARAM_SPECS
+from istio_upgrade import config, tasks
+from istio_upgrade.deadline import WavesPaused, WindowClosed
+from istio_upgrade.errors import NothingToDo, ParamError, RevisionInUse, RolloutFailed
+from istio_upgrade.operators import (
+    CanaryApproval,
+    MetricGateSensor,
+    RolloutSensor,
+    pull_all,
+    record_timing,
+)
+from istio_upgrade.params import PARAM_SPECS, TARGET_VARIABLE
 
 T = TypeVar("T")
 
@@ -45,9 +100,39 @@ PARAMS = {
     for name, spec in PARAM_SPECS.items()
 }
 
-# API calls and istioctl retry; verifications do not, so a real failure is never retried away.
-RETRY = {"retries": 2, "retry_delay": timedelta(seconds=15), "retry_exponential_backoff": True}
-NO_RETRY = {"retries": 0}
+# Deployment settings from the environment (no Variable or cluster is read while parsing).
+WINDOWS = config.windows(os.environ)
+SCHEDULE = MaintenanceWindowTimetable(*WINDOWS) if WINDOWS else None
+DEFAULT_TARGET = config.default_target(os.environ)
+
+# Retries by what a task does. A refusal raised on purpose is a finding: never retried.
+FINDINGS_FAIL = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(
+            exception=[ParamError, RevisionInUse, RolloutFailed],
+            action=RetryAction.FAIL,
+            reason="a finding about the params or the cluster, not a passing error",
+        )
+    ]
+)
+# Kubernetes API and Prometheus calls: a dropped connection, a 429 or 5xx passes in seconds.
+API_RETRY: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay": timedelta(seconds=10),
+    "retry_exponential_backoff": 2.0,  # a multiplier since Airflow 3 (True meant 1: constant)
+    "max_retry_delay": timedelta(minutes=2),
+    "retry_policy": FINDINGS_FAIL,
+}
+# istioctl install / tag set / uninstall: slow, and they wait for readiness themselves.
+ISTIOCTL_RETRY: dict[str, Any] = {
+    **API_RETRY,
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "max_retry_delay": timedelta(minutes=5),
+}
+# Validation, verifications, verdicts, waits with a deadline and human answers: the failure
+# is the finding (a retry would hide it, restart a deadline or ask the person again).
+NO_RETRY: dict[str, Any] = {"retries": 0}
 WAIT = {"poke_interval": 5, "timeout": 3600, "mode": "reschedule"}
 
 
@@ -98,56 +183,70 @@ def _name_map_index(namespace: str) -> None:
     get_current_context()["namespace"] = namespace  # type: ignore[typeddict-unknown-key]
 
 
+def _held() -> list[dict[str, Any]]:
+    """The namespaces of this run held back by the window (pushed by wait_turn)."""
+    return pull_all(get_current_context(), "upgrade_namespace.wait_turn", "held")
+
+
 @dag(
     dag_id="istio_canary_upgrade",
-    schedule=None,
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
     doc_md=__doc__,
     tags=["istio", "upgrade", "canary"],
-    default_args=RETRY,
+    default_args=NO_RETRY,  # a task without a decided retry policy fails closed
 )
 def istio_canary_upgrade() -> None:
-    @task(**NO_RETRY)
+    @task(**API_RETRY)
     @timed
     def validate() -> dict[str, Any]:
+        context = get_current_context()
         try:
-            return tasks.validate(dict(get_current_context()["params"]))
-        except NothingToDo as done:
-            # A scheduled run after the upgrade finished: skip cleanly, do not fail.
+            return tasks.validate(
+                dict(context["params"]),
+                variable_target=Variable.get(TARGET_VARIABLE, default=None),
+                configured_target=DEFAULT_TARGET,
+                run_start=context["dag_run"].start_date or datetime.now(UTC),
+                interval_start=context.get("data_interval_start"),
+                interval_end=context.get("data_interval_end"),
+            )
+        except (NothingToDo, WindowClosed) as done:
+            # A scheduled run after the upgrade finished, or one that started too late for
+            # its window: skip cleanly, do not fail.
             raise AirflowSkipException(str(done)) from done
 
     @task.branch(**NO_RETRY)
     def choose_mode(resolved: dict[str, Any]) -> str:
         return "show_plan" if resolved["params"]["dry_run"] else "precheck"
 
-    @task(**NO_RETRY)
+    @task(**API_RETRY)
     def show_plan(resolved: dict[str, Any]) -> str:
         return tasks.show_plan(resolved)
 
-    @task
+    @task(**NO_RETRY)  # its findings are the point; an API hiccup: clear it
     @timed
     def precheck(resolved: dict[str, Any]) -> dict[str, Any]:
         return tasks.precheck(resolved)
 
-    @task
+    @task(**ISTIOCTL_RETRY)
     @timed
     def install_revision(resolved: dict[str, Any]) -> bool:
         return tasks.install(resolved)
 
-    @task.sensor(**WAIT)
+    @task.sensor(**WAIT, **API_RETRY)
     @timed
     def wait_control_plane(resolved: dict[str, Any]) -> bool:
         return tasks.control_plane_ready(resolved)
 
-    @task
+    @task(**ISTIOCTL_RETRY)
     @timed
     def move_tag(resolved: dict[str, Any]) -> bool:
         return tasks.move_tag(resolved)
 
-    @task
+    @task(**API_RETRY)
     @timed
     def restart_gateways(resolved: dict[str, Any]) -> list[dict[str, str]]:
         return tasks.restart_gateways(resolved, _run_id())
@@ -157,78 +256,111 @@ def istio_canary_upgrade() -> None:
     def verify_gateways(resolved: dict[str, Any]) -> dict[str, Any]:
         return tasks.verify_gateways(resolved)
 
-    @task
+    @task(**API_RETRY)
     def measure_baseline(resolved: dict[str, Any]) -> list[dict[str, Any]]:
         return tasks.measure_baseline(resolved)
 
-    @task
+    @task(multiple_outputs=True, **API_RETRY)
     @timed
-    def restart_canary(resolved: dict[str, Any]) -> list[dict[str, str]]:
+    def restart_canary(resolved: dict[str, Any]) -> dict[str, Any]:
         return tasks.restart_namespaces(resolved, _run_id())
 
     @task(**NO_RETRY)
     @timed
-    def verify_canary(resolved: dict[str, Any]) -> dict[str, Any]:
-        return tasks.verify_namespaces(resolved)
+    def verify_canary(resolved: dict[str, Any], restart: dict[str, Any]) -> dict[str, Any]:
+        return tasks.verify_namespaces(resolved, restart=restart)
 
-    @task.branch(**NO_RETRY)
-    def decide(gate: dict[str, Any]) -> str:
-        return "remaining_namespaces" if tasks.decide(gate) else "rollback.move_tag_back"
+    @task.branch(trigger_rule=TriggerRule.NONE_FAILED, **NO_RETRY)
+    def decide(
+        resolved: dict[str, Any], gate: dict[str, Any] | None, answer: dict[str, Any] | None
+    ) -> str:
+        # NONE_FAILED: the approval is skipped when not required (or the gate failed)
+        proceed = tasks.decide(resolved, gate, answer)
+        return "remaining_namespaces" if proceed else "rollback.move_tag_back"
 
-    @task
+    @task(**API_RETRY)
     @timed
     def remaining_namespaces(resolved: dict[str, Any]) -> list[dict[str, Any]]:
         return tasks.remaining_waves(resolved)
 
     @task_group
     def upgrade_namespace(item: dict[str, Any], resolved: dict[str, Any]) -> None:
-        @task.sensor(map_index_template="{{ namespace }}", **WAIT)
+        @task.sensor(map_index_template="{{ namespace }}", **WAIT, **API_RETRY)
         def wait_turn(item: dict[str, Any], resolved: dict[str, Any]) -> bool:
+            # First the window (would this wave still fit?), then the turn (earlier waves
+            # done). Held back: record why and skip, which skips this namespace's restart.
             _name_map_index(item["namespace"])
+            context = get_current_context()
+            verified = [
+                *pull_all(context, "verify_canary"),
+                *pull_all(context, "upgrade_namespace.verify"),
+            ]
+            call = tasks.wave_call(
+                resolved, item, [v["span"] for v in verified if v.get("span")], _held()
+            )
+            if call["call"] != "start":
+                context["ti"].xcom_push("held", call)
+                raise AirflowSkipException(f"held back: {call['reason']}")
             return tasks.turn_reached(resolved, item)
 
-        @task(map_index_template="{{ namespace }}")
-        def restart(item: dict[str, Any], resolved: dict[str, Any]) -> list[dict[str, str]]:
+        @task(map_index_template="{{ namespace }}", multiple_outputs=True, **API_RETRY)
+        def restart(item: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
             _name_map_index(item["namespace"])
             return tasks.restart_namespaces(resolved, _run_id(), [item["namespace"]])
 
         @task(map_index_template="{{ namespace }}", **NO_RETRY)
-        def verify(item: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+        def verify(
+            item: dict[str, Any], resolved: dict[str, Any], restart: dict[str, Any]
+        ) -> dict[str, Any]:
             _name_map_index(item["namespace"])
-            return tasks.verify_namespaces(resolved, [item["namespace"]])
+            return tasks.verify_namespaces(
+                resolved, [item["namespace"]], wave=item["wave"], restart=restart
+            )
 
         restarted = restart(item, resolved)
         waited = RolloutSensor(
             task_id="wait_rollout",
-            workloads=restarted,
+            workloads=restarted["workloads"],
             resolved=resolved,
             map_index_template="{{ task.workloads[0]['namespace'] if task.workloads else '' }}",
+            **NO_RETRY,
         )
-        wait_turn(item, resolved) >> restarted >> waited >> verify(item, resolved)
+        wait_turn(item, resolved) >> restarted >> waited >> verify(item, resolved, restarted)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, **API_RETRY)
+    def finish_waves(resolved: dict[str, Any], remaining: list[dict[str, Any]] | None) -> Any:
+        # ALL_DONE: wait for every namespace (a skipped one must not end the waves early).
+        if remaining is None:
+            raise AirflowSkipException("no waves in this run (rolled back or stopped before)")
+        try:
+            return tasks.finish_waves(resolved, _held())
+        except WavesPaused as paused:
+            # Skips check_old_unused and the uninstall after it: the old revision stays.
+            raise AirflowSkipException(str(paused)) from paused
 
     @task(**NO_RETRY)
     @timed
     def check_old_unused(resolved: dict[str, Any]) -> str:
         return tasks.check_old_unused(resolved)
 
-    @task
+    @task(**ISTIOCTL_RETRY)
     @timed
     def uninstall_old(resolved: dict[str, Any]) -> bool:
         return tasks.uninstall_old(resolved)
 
-    @task.sensor(**WAIT)
+    @task.sensor(**WAIT, **API_RETRY)
     @timed
     def wait_old_removed(resolved: dict[str, Any]) -> bool:
         return tasks.old_removed(resolved)
 
     @task_group
     def rollback(resolved: dict[str, Any]) -> None:
-        @task
+        @task(**ISTIOCTL_RETRY)
         @timed
         def move_tag_back(resolved: dict[str, Any]) -> bool:
             return tasks.move_tag(resolved, to_current=True)
 
-        @task
+        @task(**API_RETRY)
         @timed
         def restart_moved(resolved: dict[str, Any]) -> list[dict[str, str]]:
             return tasks.restart_moved_back(resolved, _run_id())
@@ -238,18 +370,23 @@ def istio_canary_upgrade() -> None:
         def verify_rolled_back(resolved: dict[str, Any]) -> dict[str, Any]:
             return tasks.verify_rolled_back(resolved)
 
-        @task
+        @task(**ISTIOCTL_RETRY)
         def remove_new_revision(resolved: dict[str, Any]) -> str:
             return tasks.remove_new_revision(resolved)
 
         moved = restart_moved(resolved)
         move_tag_back(resolved) >> moved
-        waited = RolloutSensor(task_id="wait_rolled_back", workloads=moved, resolved=resolved)
+        waited = RolloutSensor(
+            task_id="wait_rolled_back", workloads=moved, resolved=resolved, **NO_RETRY
+        )
         waited >> verify_rolled_back(resolved) >> remove_new_revision(resolved)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, **NO_RETRY)
+    @task(trigger_rule=TriggerRule.ALL_DONE, **API_RETRY)
     def report(
-        resolved: dict[str, Any] | None, pre: dict[str, Any] | None, gate: dict[str, Any] | None
+        resolved: dict[str, Any] | None,
+        pre: dict[str, Any] | None,
+        gate: dict[str, Any] | None,
+        answer: dict[str, Any] | None,
     ) -> dict[str, Any]:
         # ALL_DONE: a run that failed half-way still reports where the mesh stands.
         if resolved is None or pre is None:
@@ -258,11 +395,15 @@ def istio_canary_upgrade() -> None:
         timings = {
             tid: t["seconds"] for tid in STEPS if (t := ti.xcom_pull(task_ids=tid, key="timing"))
         }
-        return tasks.final_report(resolved, pre, gate, timings)
+        return tasks.final_report(resolved, pre, gate, timings, answer, _held())
 
     @task(**NO_RETRY)
     def conclude(result: dict[str, Any]) -> str:
-        return tasks.conclude(result)
+        try:
+            return tasks.conclude(result)
+        except WavesPaused as paused:
+            # A pause ends the run green, this task skipped: see "Windows and pauses" above.
+            raise AirflowSkipException(str(paused)) from paused
 
     resolved = validate()
     mode = choose_mode(resolved)
@@ -270,11 +411,19 @@ def istio_canary_upgrade() -> None:
     mode >> [show_plan(resolved), pre]
 
     gateways = restart_gateways(resolved)
-    gateways_done = RolloutSensor(task_id="wait_gateways", workloads=gateways, resolved=resolved)
+    gateways_done = RolloutSensor(
+        task_id="wait_gateways", workloads=gateways, resolved=resolved, **NO_RETRY
+    )
     baseline = measure_baseline(resolved)
     canary = restart_canary(resolved)
-    canary_done = RolloutSensor(task_id="wait_canary", workloads=canary, resolved=resolved)
-    gate = MetricGateSensor(task_id="metric_gate", resolved=resolved, baseline=baseline)
+    canary_done = RolloutSensor(
+        task_id="wait_canary", workloads=canary["workloads"], resolved=resolved, **NO_RETRY
+    )
+    canary_ok = verify_canary(resolved, canary)
+    gate = MetricGateSensor(task_id="metric_gate", resolved=resolved, baseline=baseline, **NO_RETRY)
+    approve = CanaryApproval(
+        task_id="approve_canary", resolved=resolved, gate=gate.output, **NO_RETRY
+    )
     (
         pre
         >> install_revision(resolved)
@@ -286,21 +435,23 @@ def istio_canary_upgrade() -> None:
         >> baseline
         >> canary
         >> canary_done
-        >> verify_canary(resolved)
+        >> canary_ok
         >> gate
+        >> approve
     )
-    branch = decide(gate.output)
+    branch = decide(resolved, gate.output, approve.output)
 
     remaining = remaining_namespaces(resolved)
     upgraded = upgrade_namespace.partial(resolved=resolved).expand(item=remaining)
+    waves_done = finish_waves(resolved, remaining)
     removed = wait_old_removed(resolved)
     branch >> remaining
-    upgraded >> check_old_unused(resolved) >> uninstall_old(resolved) >> removed
+    upgraded >> waves_done >> check_old_unused(resolved) >> uninstall_old(resolved) >> removed
 
     rolled_back = rollback(resolved)
     branch >> rolled_back
 
-    result = report(resolved, pre, gate.output)
+    result = report(resolved, pre, gate.output, approve.output)
     [removed, rolled_back] >> result
     conclude(result)
 

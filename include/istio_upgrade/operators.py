@@ -7,12 +7,15 @@ Deferral needs class-based operators; the checking itself lives in `cluster`, `h
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowSkipException
 
-from istio_upgrade import cluster, health
+from istio_upgrade import approval, cluster, health, tasks
 from istio_upgrade.connections import kube_target
 from istio_upgrade.errors import RolloutFailed
 from istio_upgrade.model import WorkloadRef
@@ -27,6 +30,15 @@ def record_timing(context: Context) -> None:
     first = ti.get_first_reschedule_date(context) or ti.start_date
     seconds = (datetime.now(UTC) - first).total_seconds() if first else 0.0
     ti.xcom_push("timing", {"seconds": round(seconds, 1)})
+
+
+def pull_all(context: Context, task_id: str, key: str = "return_value") -> list[Any]:
+    """Every XCom `key` of a task in this run, all map indexes, as a list (missing: [])."""
+    found = context["ti"].xcom_pull(task_ids=task_id, key=key)
+    # one value comes back bare, none as None (xcom_pull's shape rules for a single task id)
+    if found is None:
+        return []
+    return list(found) if isinstance(found, list) else [found]
 
 
 class RolloutSensor(BaseOperator):
@@ -121,3 +133,54 @@ class MetricGateSensor(BaseOperator):
             "checks_done": event["state"]["checks_done"],
             "checks_failed": event["state"]["checks_failed"],
         }
+
+
+class CanaryApproval(HITLOperator):
+    """Asks a person whether the upgrade may go on after the canary passed its metric gate.
+
+    Skipped (no one is asked) when require_approval is off or the gate failed. The question
+    shows the canary's figures; the options are Approve and Reject; without an answer
+    within approval_timeout_seconds the scheduler records approval_default. The answer is
+    the result (a plain dict), not the task state: the `decide` branch weighs it with the
+    gate's verdict, so Reject leads to the rollback instead of skipping everything after.
+    On Airflow 3.3 the task waits in the awaiting_input state (no worker, no triggerer).
+    """
+
+    template_fields = (*HITLOperator.template_fields, "resolved", "gate")
+    ui_color = "#f4e8fd"
+
+    def __init__(self, *, resolved: Any, gate: Any, **kwargs: Any) -> None:
+        # subject, body, defaults and timeout come from the run's params at execute time
+        super().__init__(
+            subject="Approve the Istio canary?",
+            options=list(approval.OPTIONS),
+            defaults=approval.REJECT,
+            **kwargs,
+        )
+        self.resolved = resolved
+        self.gate = gate
+
+    def execute(self, context: Context) -> Any:
+        question = tasks.approval_question(self.resolved, self.gate)
+        if question["skip"]:
+            raise AirflowSkipException(question["skip"])
+        self.subject = question["subject"]
+        self.body = question["body"]
+        self.defaults = [question["default"]]
+        self.response_timeout = timedelta(seconds=question["timeout_seconds"])
+        self.log.info(
+            "asking for approval default=%s timeout=%ss",
+            question["default"],
+            question["timeout_seconds"],
+        )
+        return super().execute(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        response: Mapping[str, Any] = super().execute_complete(context=context, event=event)
+        answer = approval.answer_from(
+            response["chosen_options"],
+            response["responded_by_user"],
+            timed_out=bool(event.get("timedout")),
+        )
+        self.log.info("approval option=%s by=%s", answer.option, answer.by or "nobody (timeout)")
+        return answer.to_dict()

@@ -50,12 +50,16 @@ def already_done(params: UpgradeParams, snapshot: MeshSnapshot) -> bool:
 
 
 def validate(kube: Kube, raw: dict[str, Any]) -> ResolvedParams:
-    """Check the params on their own, then against the cluster: nothing changes before this."""
+    """Check the params on their own, then against the cluster: nothing changes before this.
+
+    A mesh already on the target raises NothingToDo before istioctl is looked for: a
+    scheduled run after the upgrade finished skips even where that istioctl is gone.
+    """
     params = parse_params(raw)
-    resolve(params.istioctl, params.target_revision)
     snap = cluster.snapshot(kube)
     if already_done(params, snap):
         raise NothingToDo(params.target_revision, params.tag)
+    resolve(params.istioctl, params.target_revision)
     resolved = check_against_cluster(params, snap)
     log.info(
         "validated target=%s current=%s tag=%s canary=%s namespaces=%d resumed=%s",
@@ -145,7 +149,19 @@ def restart_namespaces(
     Returns every workload of those namespaces, restarted now or before, for the rollout
     wait; pods that no restart can move (no controller) are logged, not hidden.
     """
+    return restart_and_count(kube, names, revision, stamp)[0]
+
+
+def restart_and_count(
+    kube: Kube, names: Sequence[str], revision: str, stamp: str
+) -> tuple[list[dict[str, str]], list[str]]:
+    """`restart_namespaces`, plus the workloads restarted by this call ("namespace/name").
+
+    An empty second list means nothing moved now (already on `revision`, or a retry of a
+    restart that already happened): such a restart measures nothing about how long one takes.
+    """
     waits: list[dict[str, str]] = []
+    moved: list[str] = []
     for ns in _namespaces(kube, names):
         stuck = progress.unrestartable(ns)
         if stuck:
@@ -156,6 +172,7 @@ def restart_namespaces(
             )
         todo = progress.workloads_to_restart(ns, revision)
         restarted = [w.name for w in todo if cluster.restart(kube, w, stamp)]
+        moved += [f"{ns.name}/{name}" for name in restarted]
         log.info(
             "restart namespace=%s revision=%s restarted=%s skipped=%d",
             ns.name,
@@ -164,7 +181,7 @@ def restart_namespaces(
             len(ns.workloads) - len(restarted),
         )
         waits += [w.__dict__ for w in ns.workloads]
-    return waits
+    return waits, moved
 
 
 def restart_workloads(

@@ -7,16 +7,20 @@ are plain JSON. The DAG file only wires these together.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
-from istio_upgrade import cluster, health, plan, report, steps
+from istio_upgrade import approval, cluster, deadline, health, plan, progress, report, steps
 from istio_upgrade.cluster import Kube
 from istio_upgrade.connections import kube_target
-from istio_upgrade.errors import UpgradeError
+from istio_upgrade.deadline import Outcome, Span, WavesPaused, WindowClosed
+from istio_upgrade.errors import ClusterStateError, UpgradeError
 from istio_upgrade.istioctl import Istioctl, resolve
 from istio_upgrade.model import MeshSnapshot, RevisionTag, UpgradePhase, WorkloadRef
-from istio_upgrade.params import ResolvedParams, parse_params
+from istio_upgrade.params import ResolvedParams, parse_params, with_target
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +53,44 @@ def _run(resolved: dict[str, Any]) -> Run:
     )
 
 
-def validate(raw_params: dict[str, Any]) -> dict[str, Any]:
-    """Params on their own, then against the cluster (and the istioctl they name)."""
-    params = parse_params(raw_params)
+def validate(
+    raw_params: Mapping[str, Any],
+    *,
+    variable_target: str | None,
+    configured_target: str,
+    run_start: datetime,
+    interval_start: datetime | None,
+    interval_end: datetime | None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Params on their own, then against the cluster (and the istioctl they name).
+
+    An empty target_revision comes from the Variable or the DAG's default (scheduled runs);
+    the run's window end is fixed here, once, for every wave to compare with. Raises
+    WindowClosed when the window is already over (a late scheduled run changes nothing) and
+    NothingToDo when the mesh already runs the target everywhere.
+    """
+    raw, source = with_target(raw_params, variable_target, configured_target)
+    params = parse_params(raw)
+    end, basis = deadline.window_end(
+        window_minutes=params.window_minutes,
+        run_start=run_start,
+        interval_start=interval_start,
+        interval_end=interval_end,
+    )
+    if end is not None and (now or datetime.now(UTC)) >= end:
+        raise WindowClosed(end.isoformat(), basis)
     kube = cluster.connect(kube_target(params.kubernetes_conn_id))
-    return steps.validate(kube, raw_params).to_dict()
+    resolved = steps.validate(kube, raw)
+    log.info(
+        "target=%s source=%s window_end=%s window=%s",
+        resolved.target_revision,
+        source,
+        end.isoformat() if end else "none",
+        basis,
+    )
+    until = end.isoformat() if end else None
+    return replace(resolved, window_end=until, window_basis=basis).to_dict()
 
 
 def show_plan(resolved: dict[str, Any]) -> str:
@@ -122,28 +159,69 @@ def measure_baseline(resolved: dict[str, Any]) -> list[dict[str, Any]]:
 
 def restart_namespaces(
     resolved: dict[str, Any], run_id: str, namespaces: list[str] | None = None
-) -> list[dict[str, str]]:
-    """Restart the canary namespaces (or the given ones) onto the target revision."""
+) -> dict[str, Any]:
+    """Restart the canary namespaces (or the given ones) onto the target revision.
+
+    Returns the workloads to wait for, the ones restarted now and when the restart began
+    (epoch seconds): the start of the span the window check measures waves by.
+    """
+    started = time.time()
     run = _run(resolved)
     names = namespaces if namespaces is not None else list(run.rp.canary)
-    return steps.restart_namespaces(
+    waits, moved = steps.restart_and_count(
         run.kube, names, run.target, steps.restart_stamp(run_id, run.target)
     )
+    return {"workloads": waits, "restarted": moved, "started": started}
 
 
 def verify_namespaces(
-    resolved: dict[str, Any], namespaces: list[str] | None = None
+    resolved: dict[str, Any],
+    namespaces: list[str] | None = None,
+    *,
+    wave: int = deadline.CANARY_WAVE,
+    restart: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Every pod of the namespaces (the canary by default) runs the target; with the
+    restart's record, also the span from its start to now (how long the move took)."""
     run = _run(resolved)
     names = namespaces if namespaces is not None else list(run.rp.canary)
-    return steps.verify_namespaces(run.kube, names, run.target)
+    verified = steps.verify_namespaces(run.kube, names, run.target)
+    if restart is not None:
+        span = Span(
+            wave=wave,
+            namespaces=tuple(names),
+            started=float(restart["started"]),
+            finished=time.time(),
+            restarted=len(restart["restarted"]),
+        )
+        verified["span"] = span.to_dict()
+    return verified
 
 
-def decide(gate: dict[str, Any]) -> bool:
-    """Whether the canary passed its gate (the branch continues on True, rolls back on False)."""
-    passed = gate.get("verdict") == str(health.HealthVerdict.PASSED)
-    log.info("decision=%s gate=%s", "continue" if passed else "rollback", gate.get("message"))
-    return passed
+def decide(
+    resolved: dict[str, Any], gate: dict[str, Any] | None, answer: dict[str, Any] | None
+) -> bool:
+    """Continue (True) or roll back (False): the gate, and with require_approval the answer."""
+    rp = ResolvedParams.from_dict(resolved)
+    result = approval.verdict(rp.params.require_approval, gate, answer)
+    log.info("decision=%s reason=%s", "continue" if result.proceed else "rollback", result.reason)
+    return result.proceed
+
+
+def approval_question(resolved: dict[str, Any], gate: dict[str, Any] | None) -> dict[str, Any]:
+    """What to ask a person after the gate, or why nobody needs asking (`skip`)."""
+    rp = ResolvedParams.from_dict(resolved)
+    skip = approval.skip_reason(rp.params.require_approval, gate)
+    if skip is not None or gate is None:
+        return {"skip": skip}
+    timeout = report.duration_text(rp.params.approval_timeout_seconds)
+    return {
+        "skip": None,
+        "subject": approval.subject(rp),
+        "body": approval.body(rp, gate, timeout),
+        "default": approval.default_option(rp.params.approval_default),
+        "timeout_seconds": rp.params.approval_timeout_seconds,
+    }
 
 
 def remaining_waves(resolved: dict[str, Any]) -> list[dict[str, Any]]:
@@ -166,6 +244,67 @@ def turn_reached(resolved: dict[str, Any], item: dict[str, Any]) -> bool:
     """A namespace's wave may start once every namespace of the earlier waves is on target."""
     run = _run(resolved)
     return steps.namespaces_on(run.kube, item["after"], run.target)
+
+
+def wave_call(
+    resolved: dict[str, Any],
+    item: dict[str, Any],
+    spans: Sequence[Mapping[str, Any]],
+    held: Sequence[Mapping[str, Any]],
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Before a namespace's wave starts: does it fit in what is left of the window?
+
+    `spans` are the measured moves of this run (canary and finished waves); `held` the
+    namespaces already held back (then nothing new starts). Pure over its inputs.
+    """
+    rp = ResolvedParams.from_dict(resolved)
+    end = datetime.fromisoformat(rp.window_end).timestamp() if rp.window_end else None
+    expected = deadline.estimate(
+        [Span.from_dict(s) for s in spans], rp.params.rollout_timeout_seconds
+    )
+    call = deadline.call_wave(
+        time.time() if now is None else now,
+        end,
+        expected,
+        [str(h["namespace"]) for h in held],
+    )
+    log.info(
+        "window check namespace=%s wave=%d call=%s: %s",
+        item["namespace"],
+        item["wave"] + 1,
+        call.call,
+        call.reason,
+    )
+    return {**call.to_dict(), "namespace": item["namespace"], "wave": item["wave"]}
+
+
+def _not_on_target(run: Run) -> list[str]:
+    states = cluster.namespace_states(run.kube, run.rp.namespaces)
+    return [ns.name for ns in states if not progress.on_revision(ns, run.target)]
+
+
+def finish_waves(resolved: dict[str, Any], held: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """After the waves: all moved (go on to remove the old revision), paused, or failed.
+
+    Read from the cluster: a namespace that was held back by the window and is still on the
+    old revision is a pause (WavesPaused); one that was started and did not arrive is a
+    failure that must not be mistaken for a pause.
+    """
+    run = _run(resolved)
+    left = _not_on_target(run)
+    held_names = [str(h["namespace"]) for h in held]
+    outcome = deadline.waves_outcome(left, held_names)
+    if outcome is Outcome.PAUSED:
+        raise WavesPaused(deadline.paused_reason(left, held))
+    if outcome is Outcome.FAILED:
+        raise ClusterStateError(
+            "namespaces not on the target revision",
+            sorted(set(left) - set(held_names)),
+            f"every namespace of the run on {run.target}",
+            "see the failed upgrade_namespace tasks, fix the cause and clear them",
+        )
+    return {"namespaces": list(run.rp.namespaces), "revision": run.target}
 
 
 def check_old_unused(resolved: dict[str, Any]) -> str:
@@ -218,16 +357,29 @@ def remove_new_revision(resolved: dict[str, Any]) -> str:
 # --- the end ------------------------------------------------------------------------------
 
 
-def phase_of(snapshot: MeshSnapshot, rp: ResolvedParams, gate_failed: bool) -> UpgradePhase:
-    """Where the mesh stands, read from the cluster rather than from which tasks ran."""
+def phase_of(
+    snapshot: MeshSnapshot, rp: ResolvedParams, rolled_back: bool, held: Sequence[str] = ()
+) -> UpgradePhase:
+    """Where the mesh stands, read from the cluster rather than from which tasks ran.
+
+    PAUSED needs both: namespaces held back by the window, and no other namespace of the run
+    off the target (one that started and did not arrive means a failure, not a pause).
+    """
     tag = snapshot.tag(rp.tag)
     on_target = tag is not None and tag.revision == rp.target_revision
     old_installed = snapshot.control_plane(rp.current_revision) is not None
     if on_target and not old_installed:
         return UpgradePhase.COMPLETED
     if on_target:
+        left = [
+            ns.name
+            for ns in snapshot.namespaces
+            if ns.name in rp.namespaces and not progress.on_revision(ns, rp.target_revision)
+        ]
+        if held and deadline.waves_outcome(left, held) is Outcome.PAUSED:
+            return UpgradePhase.PAUSED
         return UpgradePhase.CANARY
-    if gate_failed:
+    if rolled_back:
         return UpgradePhase.ROLLED_BACK
     if snapshot.control_plane(rp.target_revision) is not None:
         return UpgradePhase.INSTALLED
@@ -239,16 +391,26 @@ def final_report(
     pre: dict[str, Any],
     gate: dict[str, Any] | None,
     timings: dict[str, float],
+    answer: dict[str, Any] | None = None,
+    held: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The run report: revisions per namespace before/after, timings, metric figures, phase."""
     run = _run(resolved)
     after = cluster.snapshot(run.kube)
-    gate_failed = gate is not None and not decide(gate)
-    phase = phase_of(after, run.rp, gate_failed)
+    result = approval.verdict(run.rp.params.require_approval, gate, answer)
+    rolled_back = gate is not None and not result.proceed
+    phase = phase_of(after, run.rp, rolled_back, [str(h["namespace"]) for h in held])
     if phase is UpgradePhase.COMPLETED:
         reason = f"every namespace runs {run.target}; revision {run.current} removed"
+    elif phase is UpgradePhase.PAUSED:
+        left = [
+            ns.name
+            for ns in after.namespaces
+            if ns.name in run.rp.namespaces and not progress.on_revision(ns, run.target)
+        ]
+        reason = deadline.paused_reason(left, held)
     elif phase is UpgradePhase.ROLLED_BACK:
-        reason = str((gate or {}).get("message", "the canary failed its metric gate"))
+        reason = result.reason
     else:
         reason = (
             f"stopped with the tag on "
@@ -269,11 +431,14 @@ def final_report(
 
 
 def conclude(result: dict[str, Any]) -> str:
-    """End the run: anything but a completed upgrade fails the run, saying why.
+    """End the run: completed passes, paused raises WavesPaused, anything else fails, saying why.
 
     Needed because Airflow judges a run by its leaf tasks: without this, a failed step
-    upstream of an always-running report would still leave the run green.
+    upstream of an always-running report would still leave the run green. A pause is not a
+    failure: the mesh is valid and the next window continues (the DAG skips on WavesPaused).
     """
+    if result["phase"] == UpgradePhase.PAUSED.value:
+        raise WavesPaused(str(result["reason"]))
     if result["phase"] != UpgradePhase.COMPLETED.value:
         raise UpgradeError(f"upgrade not completed (phase {result['phase']}): {result['reason']}")
     return str(result["reason"])

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dag_runs import RestApi
 from sandbox_fixture import Sandbox, sandbox
 
-__all__ = ["Sandbox", "airflow_db", "sandbox", "sandbox_connection"]
+__all__ = ["Sandbox", "airflow_db", "rest_api", "sandbox", "sandbox_connection", "seeded"]
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +35,16 @@ def sandbox_connection(sandbox: Sandbox, airflow_db: None) -> Iterator[Sandbox]:
     )
     yield sandbox
     os.environ.pop("AIRFLOW_CONN_KUBERNETES_DEFAULT", None)
+
+
+@pytest.fixture(scope="session")
+def rest_api(airflow_db: None) -> RestApi:
+    """Airflow's REST API in process, logged in as admin (answers approvals, clears tasks)."""
+    return RestApi()
+
+
+@pytest.fixture
+def seeded(sandbox_connection: Sandbox) -> Sandbox:
+    """Each run starts from the procedure's starting state (`sandbox/sandbox reset`)."""
+    sandbox_connection.reset()
+    return sandbox_connection

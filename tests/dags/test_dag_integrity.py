@@ -61,6 +61,7 @@ def test_main_flow_reads_like_the_procedure(dagbag) -> None:  # type: ignore[no-
         "wait_canary",
         "verify_canary",
         "metric_gate",
+        "approve_canary",
         "decide",
     ]
     for before, after in itertools.pairwise(order):
@@ -69,3 +70,69 @@ def test_main_flow_reads_like_the_procedure(dagbag) -> None:  # type: ignore[no-
         )
     branches = dag.get_task("decide").downstream_task_ids
     assert branches == {"remaining_namespaces", "rollback.move_tag_back"}
+
+
+def load(monkeypatch: pytest.MonkeyPatch, **environ: str):  # type: ignore[no-untyped-def]
+    """The DAG as parsed with these deployment settings in the environment."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    return DagBag(dag_folder="dags")
+
+
+def test_without_windows_there_is_no_schedule(dagbag) -> None:  # type: ignore[no-untyped-def]
+    assert dagbag.dags[DAG_ID].schedule is None
+
+
+def test_windows_become_the_schedule_and_serialize(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    bag = load(monkeypatch, ISTIO_UPGRADE_WINDOWS="Tue,Thu 02:00-04:00 Asia/Tokyo")
+    assert bag.import_errors == {}
+    dag = bag.dags[DAG_ID]
+    assert type(dag.timetable).__name__ == "MaintenanceWindowTimetable"
+    restored = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    assert restored.timetable.summary == "Tue,Thu 02:00-04:00 Asia/Tokyo"
+
+
+def test_a_bad_window_is_an_import_error_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bag = load(monkeypatch, ISTIO_UPGRADE_WINDOWS="Tue 02:00-04:00")
+    (error,) = bag.import_errors.values()
+    assert "ISTIO_UPGRADE_WINDOWS" in error and "IANA time zone" in error
+
+
+# Retries by what a task does: verdicts never retry (a retry would hide a finding).
+NEVER_RETRIED = (
+    "choose_mode",
+    "precheck",
+    "verify_gateways",
+    "wait_gateways",
+    "wait_canary",
+    "verify_canary",
+    "metric_gate",
+    "approve_canary",
+    "decide",
+    "upgrade_namespace.wait_rollout",
+    "upgrade_namespace.verify",
+    "check_old_unused",
+    "rollback.wait_rolled_back",
+    "rollback.verify_rolled_back",
+    "conclude",
+)
+ISTIOCTL = ("install_revision", "move_tag", "uninstall_old", "rollback.move_tag_back")
+
+
+def test_retries_follow_what_a_task_does(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags[DAG_ID]
+    for task in dag.tasks:
+        if task.task_id in NEVER_RETRIED:
+            assert task.retries == 0, f"{task.task_id} is a verdict and must not retry"
+        else:
+            assert task.retries >= 2, f"{task.task_id} calls an API or istioctl: retry it"
+            assert task.retry_exponential_backoff == 2.0, task.task_id
+            assert task.retry_policy is not None, task.task_id
+        if task.task_id in ISTIOCTL:
+            assert task.retry_delay.total_seconds() == 30, task.task_id

@@ -7,57 +7,18 @@ import urllib.request
 from typing import Any
 
 import pytest
+from dag_runs import APPS, fast_params, pod_uids, run_dag
+from dag_runs import states as run_states
 from sandbox_fixture import Sandbox
 
 from istio_upgrade import cluster, progress
 
 pytestmark = pytest.mark.sandbox
 
-DAG_ID = "istio_canary_upgrade"
-APPS = ("foo", "bar", "baz", "qux")
-
-
-def fast_params(box: Sandbox, **overrides: Any) -> dict[str, Any]:
-    """Params for a quick run: short bake time and windows, the sandbox's Prometheus."""
-    return {
-        "target_revision": box.new_revision,
-        "prometheus_url": box.prometheus_url,
-        "bake_seconds": 6,
-        "check_interval_seconds": 2,
-        "failure_limit": 2,
-        "metric_window": "10s",
-        "rollout_timeout_seconds": 120,
-        "wave_concurrency": 2,
-        **overrides,
-    }
-
-
-def run_dag(conf: dict[str, Any]) -> Any:
-    """One dag.test() run; returns the DagRun with its task instances."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag(dag_folder="dags").dags[DAG_ID]
-    return dag.test(run_conf=conf)
-
 
 def states(dr: Any) -> dict[str, str]:
     """task_id[map_index] -> state of every task instance of the run."""
-    from airflow.models import TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        tis = session.query(TaskInstance).filter_by(dag_id=DAG_ID, run_id=dr.run_id).all()
-        return {
-            (t.task_id if t.map_index < 0 else f"{t.task_id}[{t.map_index}]"): str(t.state)
-            for t in tis
-        }
-
-
-def pod_uids(box: Sandbox, names: tuple[str, ...]) -> dict[str, set[str]]:
-    return {
-        ns.name: {p.uid for p in progress.live_pods(ns)}
-        for ns in cluster.namespace_states(box.kube(), names)
-    }
+    return run_states(dr.run_id)
 
 
 def set_knobs(box: Sandbox, knobs: dict[str, Any]) -> None:
@@ -68,13 +29,6 @@ def set_knobs(box: Sandbox, knobs: dict[str, Any]) -> None:
         headers={"Content-Type": "application/json"},
     )
     urllib.request.urlopen(req, timeout=5).close()
-
-
-@pytest.fixture
-def seeded(sandbox_connection: Sandbox) -> Sandbox:
-    """Each run starts from the procedure's starting state."""
-    sandbox_connection.reset()
-    return sandbox_connection
 
 
 def test_happy_path_then_a_rerun_changes_nothing(seeded: Sandbox) -> None:

@@ -1,0 +1,236 @@
+"""Driving whole runs of the upgrade DAG in tests, and acting on them as a person would.
+
+- `run_dag`: one `dag.test()` in the main thread (as Airflow requires), optionally with a
+  helper thread that acts while it runs (answers an approval, waits for a timeout).
+- `RestApi`: Airflow's own REST API (the FastAPI app `airflow api-server` serves), in
+  process, logged in as the SimpleAuthManager admin through `POST /auth/token`. Answers to
+  Human-in-the-loop tasks and "Clear" go through it, as the UI sends them.
+- `sweep_awaiting_input_timeouts`: the scheduler's own timeout sweep for tasks waiting for
+  input (dag.test() runs no scheduler, so a response timeout would never fire otherwise).
+- `resume`: runs what is left of an existing run (after a clear) the way dag.test() runs a
+  new one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sandbox_fixture import Sandbox
+
+from istio_upgrade import cluster, progress
+
+DAG_ID = "istio_canary_upgrade"
+APPS = ("foo", "bar", "baz", "qux")
+MESH = (*APPS, "istio-ingress")
+
+
+def fast_params(box: Sandbox, **overrides: Any) -> dict[str, Any]:
+    """Params for a quick run: short bake time and windows, the sandbox's Prometheus."""
+    return {
+        "target_revision": box.new_revision,
+        "prometheus_url": box.prometheus_url,
+        "bake_seconds": 6,
+        "check_interval_seconds": 2,
+        "failure_limit": 2,
+        "metric_window": "10s",
+        "rollout_timeout_seconds": 120,
+        "wave_concurrency": 2,
+        **overrides,
+    }
+
+
+def load_dag() -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder="dags").dags[DAG_ID]
+
+
+def run_dag(conf: dict[str, Any], while_running: Callable[[], None] | None = None) -> Any:
+    """One dag.test() run; `while_running` runs in a helper thread meanwhile (its error is
+    raised here once the run is over, so a failed answer fails the test)."""
+    errors: list[BaseException] = []
+
+    def helper() -> None:
+        try:
+            assert while_running is not None
+            while_running()
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            errors.append(error)
+
+    thread = threading.Thread(target=helper, daemon=True) if while_running else None
+    if thread:
+        thread.start()
+    dr = load_dag().test(run_conf=conf)
+    if thread:
+        thread.join(timeout=30)
+    if errors:
+        raise errors[0]
+    return dr
+
+
+def states(run_id: str) -> dict[str, str]:
+    """task_id[map_index] -> state of every task instance of the run."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter_by(dag_id=DAG_ID, run_id=run_id).all()
+        return {
+            (t.task_id if t.map_index < 0 else f"{t.task_id}[{t.map_index}]"): str(t.state)
+            for t in tis
+        }
+
+
+def wait_for_task(task_id: str, state: str, timeout: float = 300) -> Any:
+    """The first task instance of the DAG with `task_id` in `state` (polling the DB)."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with create_session() as session:
+            ti = (
+                session.query(TaskInstance)
+                .filter_by(dag_id=DAG_ID, task_id=task_id, state=state)
+                .first()
+            )
+            if ti is not None:
+                session.expunge(ti)
+                return ti
+        time.sleep(0.5)
+    raise AssertionError(f"task {task_id} did not reach {state} within {timeout}s")
+
+
+def pod_uids(box: Sandbox, names: tuple[str, ...]) -> dict[str, set[str]]:
+    return {
+        ns.name: {p.uid for p in progress.live_pods(ns)}
+        for ns in cluster.namespace_states(box.kube(), names)
+    }
+
+
+def revisions(box: Sandbox, names: tuple[str, ...] = MESH) -> dict[str, set[str | None]]:
+    """Per namespace, the set of revisions its live pods run (one element: not half-moved)."""
+    return {
+        ns.name: {p.revision for p in progress.live_pods(ns) if p.owner is not None}
+        for ns in cluster.namespace_states(box.kube(), names)
+    }
+
+
+class RestApi:
+    """Airflow's public REST API in process (the app `airflow api-server` serves)."""
+
+    def __init__(self) -> None:
+        from airflow.api_fastapi.app import create_app
+        from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import (
+            SimpleAuthManager,
+        )
+        from fastapi.testclient import TestClient
+
+        self.client = TestClient(create_app(apps="core"))
+        # creating the app initialised the auth manager, which wrote the admin's password
+        passwords = json.loads(Path(SimpleAuthManager.get_generated_password_file()).read_text())
+        login = self.client.post(
+            "/auth/token", json={"username": "admin", "password": passwords["admin"]}
+        )
+        login.raise_for_status()
+        self.headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.client.request(method, f"/api/v2{path}", headers=self.headers, **kwargs)
+        assert response.status_code < 300, (
+            f"{method} {path}: {response.status_code} {response.text}"
+        )
+        return response.json()
+
+    def hitl_detail(self, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails"
+        return dict(self._call("GET", path))
+
+    def answer(self, run_id: str, task_id: str, option: str, map_index: int = -1) -> Any:
+        """What the Required Actions page sends when a person clicks an option."""
+        path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails"
+        return self._call("PATCH", path, json={"chosen_options": [option], "params_input": {}})
+
+    def xcom(
+        self, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1
+    ) -> Any:
+        """An XCom value, or None when the task pushed none under that key."""
+        path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        response = self.client.get(
+            f"/api/v2{path}", headers=self.headers, params={"map_index": map_index}
+        )
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, f"GET {path}: {response.text}"
+        return response.json()["value"]
+
+    def clear(self, run_id: str, task_ids: list[str]) -> list[str]:
+        """The UI's "Clear" of a task with its downstream tasks, in one run."""
+        body = {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": task_ids,
+            "include_downstream": True,
+            "only_failed": False,
+        }
+        cleared = self._call("POST", f"/dags/{DAG_ID}/clearTaskInstances", json=body)
+        return sorted(ti["task_id"] for ti in cleared["task_instances"])
+
+
+def sweep_awaiting_input_timeouts() -> None:
+    """One pass of the scheduler's sweep that applies a Human-in-the-loop task's defaults
+    once its response timeout has passed (SchedulerJobRunner.check_awaiting_input_timeouts)."""
+    from airflow.jobs.job import Job
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+
+    SchedulerJobRunner(job=Job()).check_awaiting_input_timeouts()
+
+
+def resume(dag: Any, run_id: str) -> Any:
+    """Run what is left of an existing (cleared) run until it ends, and return it.
+
+    What the scheduler does with a cleared run, reduced to the loop dag.test() runs for a
+    new one (airflow.sdk.definitions.dag.DAG.test): move the queued run to running, then
+    schedule what its dependencies allow and run each task in process with dag.test()'s own
+    task runner. dag.test() itself cannot continue a run: it deletes and recreates it.
+    """
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    session = settings.Session()
+    dr = session.query(DagRun).filter_by(dag_id=dag.dag_id, run_id=run_id).one()
+    dr.dag = scheduler_dag
+    dr.state = DagRunState.RUNNING
+    session.commit()
+    deadline = time.monotonic() + 600
+    while dr.state == DagRunState.RUNNING:
+        assert time.monotonic() < deadline, f"run {run_id} did not finish in 600s"
+        session.expire_all()
+        schedulable, _ = dr.update_state(session=session)
+        for ti in schedulable:
+            if ti.state != TaskInstanceState.UP_FOR_RESCHEDULE:
+                ti.try_number += 1
+            ti.state = TaskInstanceState.SCHEDULED
+            ti.scheduled_dttm = datetime.now(UTC)
+        session.commit()
+        scheduled = [
+            ti
+            for ti in dr.get_task_instances(session=session)
+            if ti.state == TaskInstanceState.SCHEDULED
+        ]
+        if not scheduled:
+            time.sleep(1)
+        for ti in scheduled:
+            _run_task(ti=ti, task=dag.task_dict[ti.task_id], run_triggerer=True)
+    session.close()
+    return dr
