@@ -51,9 +51,14 @@ def load_dag() -> Any:
     return DagBag(dag_folder="dags").dags[DAG_ID]
 
 
-def run_dag(conf: dict[str, Any], while_running: Callable[[], None] | None = None) -> Any:
+def run_dag(
+    conf: dict[str, Any],
+    while_running: Callable[[], None] | None = None,
+    logical_date: datetime | None = None,
+) -> Any:
     """One dag.test() run; `while_running` runs in a helper thread meanwhile (its error is
-    raised here once the run is over, so a failed answer fails the test)."""
+    raised here once the run is over, so a failed answer fails the test). A `logical_date`
+    gives the run the data interval the DAG's timetable infers for it."""
     errors: list[BaseException] = []
 
     def helper() -> None:
@@ -66,7 +71,12 @@ def run_dag(conf: dict[str, Any], while_running: Callable[[], None] | None = Non
     thread = threading.Thread(target=helper, daemon=True) if while_running else None
     if thread:
         thread.start()
-    dr = load_dag().test(run_conf=conf)
+    dag = load_dag()
+    dr = (
+        dag.test(run_conf=conf, logical_date=logical_date)
+        if logical_date
+        else dag.test(run_conf=conf)
+    )
     if thread:
         thread.join(timeout=30)
     if errors:
@@ -122,6 +132,25 @@ def revisions(box: Sandbox, names: tuple[str, ...] = MESH) -> dict[str, set[str 
     }
 
 
+def resource_versions(box: Sandbox) -> dict[str, str]:
+    """Every object a run could touch, by kind/namespace/name: equal means nothing changed."""
+    out = json.loads(
+        box.kubectl(
+            "get",
+            "namespaces,deployments,statefulsets,pods,services,mutatingwebhookconfigurations",
+            "-A",
+            "-o",
+            "json",
+        )
+    )
+    return {
+        f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o["metadata"][
+            "resourceVersion"
+        ]
+        for o in out["items"]
+    }
+
+
 class RestApi:
     """Airflow's public REST API in process (the app `airflow api-server` serves)."""
 
@@ -169,6 +198,14 @@ class RestApi:
             return None
         assert response.status_code == 200, f"GET {path}: {response.text}"
         return response.json()["value"]
+
+    def set_variable(self, key: str, value: str) -> None:
+        self.client.delete(f"/api/v2/variables/{key}", headers=self.headers)
+        self._call("POST", "/variables", json={"key": key, "value": value})
+
+    def delete_variable(self, key: str) -> None:
+        response = self.client.delete(f"/api/v2/variables/{key}", headers=self.headers)
+        assert response.status_code in (204, 404), response.text
 
     def clear(self, run_id: str, task_ids: list[str]) -> list[str]:
         """The UI's "Clear" of a task with its downstream tasks, in one run."""

@@ -7,11 +7,12 @@ import urllib.request
 from typing import Any
 
 import pytest
-from dag_runs import APPS, fast_params, pod_uids, run_dag
+from dag_runs import APPS, RestApi, fast_params, pod_uids, resource_versions, run_dag
 from dag_runs import states as run_states
 from sandbox_fixture import Sandbox
 
 from istio_upgrade import cluster, progress
+from istio_upgrade.params import TARGET_VARIABLE
 
 pytestmark = pytest.mark.sandbox
 
@@ -31,7 +32,7 @@ def set_knobs(box: Sandbox, knobs: dict[str, Any]) -> None:
     urllib.request.urlopen(req, timeout=5).close()
 
 
-def test_happy_path_then_a_rerun_changes_nothing(seeded: Sandbox) -> None:
+def test_happy_path_then_a_rerun_changes_nothing(seeded: Sandbox, rest_api: RestApi) -> None:
     box, kube = seeded, seeded.kube()
     dr = run_dag(fast_params(box))
     assert str(dr.state) == "success", states(dr)
@@ -48,8 +49,14 @@ def test_happy_path_then_a_rerun_changes_nothing(seeded: Sandbox) -> None:
     mapped = {k for k in run_states if k.startswith("upgrade_namespace.verify[")}
     assert len(mapped) == 3, run_states  # foo, baz, qux after the canary bar
 
+    # A scheduled run afterwards: no target in its params, the Variable names the revision
+    # the mesh already runs, so it skips cleanly and touches nothing.
     before = pod_uids(box, (*APPS, "istio-ingress"))
-    again = run_dag(fast_params(box))
+    rest_api.set_variable(TARGET_VARIABLE, box.new_revision)
+    try:
+        again = run_dag(fast_params(box, target_revision=""))
+    finally:
+        rest_api.delete_variable(TARGET_VARIABLE)
     assert str(again.state) == "success"
     assert states(again)["validate"] == "skipped"
     assert pod_uids(box, (*APPS, "istio-ingress")) == before, "a re-run restarted pods"
@@ -75,24 +82,6 @@ def test_bad_canary_rolls_back(seeded: Sandbox) -> None:
         assert {p.revision for p in progress.live_pods(ns)} == {box.old_revision}, name
     assert pod_uids(box, ("foo", "baz", "qux")) == untouched, "rollback touched other namespaces"
     assert cluster.revision_objects(kube, box.new_revision) == []
-
-
-def resource_versions(box: Sandbox) -> dict[str, str]:
-    out = json.loads(
-        box.kubectl(
-            "get",
-            "namespaces,deployments,statefulsets,pods,services,mutatingwebhookconfigurations",
-            "-A",
-            "-o",
-            "json",
-        )
-    )
-    return {
-        f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o["metadata"][
-            "resourceVersion"
-        ]
-        for o in out["items"]
-    }
 
 
 def test_dry_run_changes_nothing(seeded: Sandbox) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +11,7 @@ from dag_runs import (
     RestApi,
     fast_params,
     pod_uids,
+    resource_versions,
     revisions,
     run_dag,
     states,
@@ -91,3 +92,20 @@ def test_short_window_pauses_valid_and_the_next_run_finishes(
     assert pod_uids(box, moved) == before, "the second run restarted a namespace again"
     restarted = sorted(k for k in run2 if k.startswith("upgrade_namespace.restart["))
     assert len(restarted) == len(left), run2
+
+
+def test_a_run_that_starts_after_its_window_ended_changes_nothing(
+    seeded: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a maintenance-window schedule, a run's data interval is its window (here the one
+    containing the logical date, as the timetable infers it). A run that starts after that
+    window ended (a scheduler that was down, a long queue) skips instead of upgrading."""
+    box = seeded
+    monkeypatch.setenv("ISTIO_UPGRADE_WINDOWS", "cron '0 0 * * *' for 1h UTC")
+    before = resource_versions(box)
+    yesterday = datetime.now(UTC).replace(hour=0, minute=30) - timedelta(days=1)
+    dr = run_dag(fast_params(box), logical_date=yesterday)
+    run = states(dr.run_id)
+    assert str(dr.state) == "success", run
+    assert run["validate"] == "skipped" and run["precheck"] == "skipped", run
+    assert resource_versions(box) == before
