@@ -51,6 +51,10 @@ def load_dag() -> Any:
     return DagBag(dag_folder="dags").dags[DAG_ID]
 
 
+# When the latest run_dag() began: runs older than this (a killed test's) are not ours.
+_run_started_after = datetime.min.replace(tzinfo=UTC)
+
+
 def run_dag(
     conf: dict[str, Any],
     while_running: Callable[[], None] | None = None,
@@ -59,7 +63,9 @@ def run_dag(
     """One dag.test() run; `while_running` runs in a helper thread meanwhile (its error is
     raised here once the run is over, so a failed answer fails the test). A `logical_date`
     gives the run the data interval the DAG's timetable infers for it."""
+    global _run_started_after
     errors: list[BaseException] = []
+    finished = threading.Event()
 
     def helper() -> None:
         try:
@@ -67,21 +73,51 @@ def run_dag(
             while_running()
         except BaseException as error:  # noqa: BLE001 - handed to the main thread
             errors.append(error)
+            # dag.test() would wait for an answer forever: end the run so the test fails now
+            while not finished.wait(1):
+                fail_running_runs()
 
+    dag = load_dag()
+    _import_what_helpers_use()  # imports racing between two threads can deadlock
+    _run_started_after = datetime.now(UTC)  # wait_for_task looks at this run only
     thread = threading.Thread(target=helper, daemon=True) if while_running else None
     if thread:
         thread.start()
-    dag = load_dag()
-    dr = (
-        dag.test(run_conf=conf, logical_date=logical_date)
-        if logical_date
-        else dag.test(run_conf=conf)
-    )
+    try:
+        dr = (
+            dag.test(run_conf=conf, logical_date=logical_date)
+            if logical_date
+            else dag.test(run_conf=conf)
+        )
+    finally:
+        finished.set()
     if thread:
         thread.join(timeout=30)
     if errors:
         raise errors[0]
     return dr
+
+
+def _import_what_helpers_use() -> None:
+    import airflow.jobs.scheduler_job_runner
+    import airflow.models
+    import airflow.models.dagrun
+    import airflow.utils.session  # noqa: F401
+
+
+def fail_running_runs() -> None:
+    """Fail every unfinished task of this DAG's running runs (an awaiting_input one too), so
+    dag.test() finds nothing left to run or wait for and ends the run."""
+    from airflow.models import TaskInstance
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, State, TaskInstanceState
+
+    with create_session() as session:
+        for dr in session.query(DagRun).filter_by(dag_id=DAG_ID, state=DagRunState.RUNNING):
+            for ti in session.query(TaskInstance).filter_by(dag_id=DAG_ID, run_id=dr.run_id):
+                if ti.state not in State.finished:
+                    ti.state = TaskInstanceState.FAILED
 
 
 def states(run_id: str) -> dict[str, str]:
@@ -98,16 +134,28 @@ def states(run_id: str) -> dict[str, str]:
 
 
 def wait_for_task(task_id: str, state: str, timeout: float = 300) -> Any:
-    """The first task instance of the DAG with `task_id` in `state` (polling the DB)."""
+    """The task instance `task_id` in `state` in the run run_dag() is running (polling)."""
     from airflow.models import TaskInstance
+    from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with create_session() as session:
             ti = (
                 session.query(TaskInstance)
-                .filter_by(dag_id=DAG_ID, task_id=task_id, state=state)
+                .join(
+                    DagRun,
+                    (DagRun.dag_id == TaskInstance.dag_id) & (DagRun.run_id == TaskInstance.run_id),
+                )
+                .filter(
+                    TaskInstance.dag_id == DAG_ID,
+                    TaskInstance.task_id == task_id,
+                    TaskInstance.state == state,
+                    DagRun.state == DagRunState.RUNNING,
+                    DagRun.start_date >= _run_started_after,
+                )
                 .first()
             )
             if ti is not None:
