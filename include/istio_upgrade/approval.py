@@ -62,7 +62,7 @@ def body(rp: ResolvedParams, gate: Mapping[str, Any], timeout_text: str) -> str:
         f"### Canary on `{rp.target_revision}`: metric gate {gate.get('verdict', '?')}",
         "",
         f"The canary namespaces {canary} run revision `{rp.target_revision}` "
-        f"(the rest of the mesh runs `{rp.current_revision}`). Latest check:",
+        f"(moving from `{rp.current_revision}`). Latest check:",
         "",
         "| Namespace | Metric | Value | Limit | Outcome |",
         "|---|---|---|---|---|",
@@ -83,7 +83,10 @@ def body(rp: ResolvedParams, gate: Mapping[str, Any], timeout_text: str) -> str:
         f"**{default_option(rp.params.approval_default)}** (approval_default).",
     ]
     if rp.window_end:
-        lines.append(f"- The window ends at {rp.window_end}: waves that would not fit wait.")
+        lines.append(
+            f"- The window ends at {rp.window_end}: waves that would not fit by then are "
+            "left for the next run."
+        )
     return "\n".join(lines) + "\n"
 
 
