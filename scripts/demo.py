@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -594,19 +594,24 @@ def cmd_up(demo: Demo) -> int:
     return 0 if state == "success" else 1
 
 
-def stop_demo(demo: Demo, purge: bool = False) -> None:
-    """Stop the demo's Airflow and its sandbox (`purge`: also delete the sandbox's state)."""
+def stop_demo(demo: Demo, purge: bool = False, env: Mapping[str, str] | None = None) -> None:
+    """Stop the demo's Airflow and its sandbox (`purge`: also delete the sandbox's state).
+
+    `env` is the environment the demo was started with: without a state file (a start that
+    failed early) it is the only record of which sandbox is the demo's, and guessing the
+    default one would stop, or purge, a sandbox that is not ours.
+    """
     state = State.load(demo)
     if state and _alive(state.airflow_pid):
         stop_group(state.airflow_pid)
         say(f"stopped airflow standalone (pid {state.airflow_pid})")
     else:
         say("airflow: not running")
-    env = {**os.environ, **(state.sandbox_env if state else {})}
+    run_env = {**os.environ, **(env or {}), **(state.sandbox_env if state else {})}
     if state:
-        env["SANDBOX_HOME"] = state.sandbox_home
+        run_env["SANDBOX_HOME"] = state.sandbox_home
     down = [SANDBOX, "down", *(["--purge"] if purge else [])]
-    subprocess.run(down, env=env, check=False)
+    subprocess.run(down, env=run_env, check=False)
     demo.state_file.unlink(missing_ok=True)
 
 

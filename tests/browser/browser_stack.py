@@ -123,7 +123,7 @@ def ui_run() -> Iterator[UiRun]:
         if own.log.exists():
             OUT.mkdir(parents=True, exist_ok=True)
             shutil.copy(own.log, OUT / "airflow.log")
-        demo.stop_demo(own, purge=True)
+        demo.stop_demo(own, purge=True, env=env)
         shutil.rmtree(home, ignore_errors=True)
 
 
