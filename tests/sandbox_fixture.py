@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -57,6 +58,23 @@ class Sandbox:
 
     def kubectl(self, *args: str) -> str:
         return self.run(self.env["SANDBOX_KUBECTL"], *args).stdout
+
+    def resource_versions(self) -> dict[str, str]:
+        """Every object a run could touch, by kind/namespace/name: equal means nothing changed.
+
+        Namespaces that integration tests create for themselves (`it-*`) are left out: they
+        come and go while other tests run.
+        """
+        kinds = "namespaces,deployments,statefulsets,pods,services,mutatingwebhookconfigurations"
+        out = json.loads(self.kubectl("get", kinds, "-A", "-o", "json"))
+        versions = {}
+        for obj in out["items"]:
+            meta = obj["metadata"]
+            ns = meta.get("namespace", "")
+            if (ns or (meta["name"] if obj["kind"] == "Namespace" else "")).startswith("it-"):
+                continue
+            versions[f"{obj['kind']}/{ns}/{meta['name']}"] = meta["resourceVersion"]
+        return versions
 
     def reset(self) -> None:
         """Back to the seeded starting state (old revision everywhere, default knobs)."""

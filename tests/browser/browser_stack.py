@@ -159,5 +159,5 @@ def page(browser_context: Any, ui_run: UiRun) -> Any:
     pg.get_by_label("Username").fill(demo.USER)
     pg.get_by_label("Password").fill(ui_run.password)
     pg.get_by_role("button", name="Sign in").click()
-    expect(pg.get_by_role("link", name="Dags")).to_be_visible()
+    expect(pg.get_by_test_id("nav-dags-link")).to_be_visible()
     return pg

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -55,29 +54,15 @@ BAD = [
 ]
 
 
-def resource_versions(box: Sandbox) -> dict[str, str]:
-    out = json.loads(
-        box.kubectl(
-            "get", "namespaces,deployments,mutatingwebhookconfigurations", "-A", "-o", "json"
-        )
-    )
-    return {
-        f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o["metadata"][
-            "resourceVersion"
-        ]
-        for o in out["items"]
-    }
-
-
 @pytest.mark.parametrize(("overrides", "param", "fix_hint"), BAD)
 def test_bad_params_are_refused_before_any_change(
     sandbox: Sandbox, overrides: dict[str, Any], param: str, fix_hint: str
 ) -> None:
     overrides = {k: sandbox.old_revision if v == "OLD" else v for k, v in overrides.items()}
-    before = resource_versions(sandbox)
+    before = sandbox.resource_versions()
     with pytest.raises(ParamError) as err:
         steps.validate(sandbox.kube(), params(sandbox, **overrides))
     assert err.value.param == param, str(err.value)
     assert err.value.fix, "every refusal says how to fix it"
     assert fix_hint in str(err.value)
-    assert resource_versions(sandbox) == before
+    assert sandbox.resource_versions() == before
