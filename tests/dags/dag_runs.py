@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sandbox_fixture import Sandbox
@@ -181,6 +183,75 @@ def revisions(box: Sandbox, names: tuple[str, ...] = MESH) -> dict[str, set[str 
 def resource_versions(box: Sandbox) -> dict[str, str]:
     """Every object a run could touch (see Sandbox.resource_versions)."""
     return box.resource_versions()
+
+
+class RestApi:
+    """Airflow's public REST API in process (the app `airflow api-server` serves)."""
+
+    def __init__(self) -> None:
+        from airflow.api_fastapi.app import create_app
+        from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import (
+            SimpleAuthManager,
+        )
+        from fastapi.testclient import TestClient
+
+        self.client = TestClient(create_app(apps="core"))
+        # creating the app initialised the auth manager, which wrote the admin's password
+        passwords = json.loads(Path(SimpleAuthManager.get_generated_password_file()).read_text())
+        login = self.client.post(
+            "/auth/token", json={"username": "admin", "password": passwords["admin"]}
+        )
+        login.raise_for_status()
+        self.headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.client.request(method, f"/api/v2{path}", headers=self.headers, **kwargs)
+        assert response.status_code < 300, (
+            f"{method} {path}: {response.status_code} {response.text}"
+        )
+        return response.json()
+
+    def hitl_detail(self, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails"
+        return dict(self._call("GET", path))
+
+    def answer(self, run_id: str, task_id: str, option: str, map_index: int = -1) -> Any:
+        """What the Required Actions page sends when a person clicks an option."""
+        path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails"
+        return self._call("PATCH", path, json={"chosen_options": [option], "params_input": {}})
+
+    def xcom(
+        self, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1
+    ) -> Any:
+        """An XCom value, or None when the task pushed none under that key."""
+        path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        response = self.client.get(
+            f"/api/v2{path}", headers=self.headers, params={"map_index": map_index}
+        )
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, f"GET {path}: {response.text}"
+        return response.json()["value"]
+
+    def set_variable(self, key: str, value: str) -> None:
+        self.client.delete(f"/api/v2/variables/{key}", headers=self.headers)
+        self._call("POST", "/variables", json={"key": key, "value": value})
+
+    def delete_variable(self, key: str) -> None:
+        response = self.client.delete(f"/api/v2/variables/{key}", headers=self.headers)
+        assert response.status_code in (204, 404), response.text
+
+    def clear(self, run_id: str, task_ids: list[str]) -> list[str]:
+        """The UI's "Clear" of a task with its downstream tasks, in one run."""
+        body = {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": task_ids,
+            "include_downstream": True,
+            "only_failed": False,
+        }
+        cleared = self._call("POST", f"/dags/{DAG_ID}/clearTaskInstances", json=body)
+        return sorted(ti["task_id"] for ti in cleared["task_instances"])
 
 
 def sweep_awaiting_input_timeouts() -> None:
