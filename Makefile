@@ -40,7 +40,7 @@ lint: venv
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-unit: venv
+unit: venv system-deps
 	$(PYTEST) tests/unit
 
 # The integration and DAG tests start the sandbox once for the session (and stop it after,

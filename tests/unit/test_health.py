@@ -323,10 +323,9 @@ def test_slow_answer_times_out(prometheus: Callable[[Answer], str]) -> None:
         return 200, vector("1")
 
     url = prometheus(slow)
-    started = time.monotonic()
+    # The server does answer 200 after 1 s: raising proves the 0.2 s timeout cut it short.
     with pytest.raises(MetricsUnavailable, match="no answer"):
         query_prometheus(url, "up", timeout=0.2)
-    assert time.monotonic() - started < 0.9
 
 
 def test_run_check_reads_both_metrics_of_every_namespace(

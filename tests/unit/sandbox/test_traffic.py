@@ -419,8 +419,9 @@ def test_render_metrics_buckets_are_istio_defaults_and_cumulative() -> None:
     assert values[BUCKETS_MS.index(1000)] == 20
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_render_metrics_passes_promtool() -> None:
+    # promtool ships with Debian's prometheus package, which `make system-deps` installs.
+    assert shutil.which("promtool"), "promtool missing: run `make system-deps`"
     s = state({"default": {"error_rate": 0.5}})
     s.advance([serving("web"), serving("db", namespace="data")], 0.0)
     s.advance([serving("web"), serving("db", namespace="data")], 10.0)
