@@ -167,7 +167,9 @@ def timed(fn: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         out = fn(*args, **kwargs)
-        if out is not False or not fn.__name__.startswith("wait"):  # a poke that waits on
+        # A sensor's poke that returns False waits on: only its final poke has a duration.
+        still_waiting = fn.__name__.startswith("wait") and out is False
+        if not still_waiting:
             record_timing(get_current_context())
         return out
 
