@@ -20,6 +20,11 @@ Moves the mesh from one Istio control-plane revision to the next, the revision-b
 Every task is safe to clear and re-run: it compares the cluster with the goal and acts
 only on the difference. `dry_run` prints the plan and changes nothing.
 
+istioctl runs on the worker (`istioctl_runner: local`, the binary of the target's version)
+or as one pod per command in istio-system (`pod`, the image `istioctl_image:<version>`,
+ServiceAccount `istio-canary-upgrade` from include/rbac.yaml); a retried task reattaches to
+the pod its earlier try started.
+
 #### Schedule
 With `ISTIO_UPGRADE_WINDOWS` set (e.g. `Tue,Thu 02:00-04:00 Asia/Tokyo`; several windows
 split by `;`) a run starts when a maintenance window opens and its data interval is that
@@ -231,12 +236,12 @@ def istio_canary_upgrade() -> None:
     @task(**NO_RETRY)  # its findings are the point; an API hiccup: clear it
     @timed
     def precheck(resolved: dict[str, Any]) -> dict[str, Any]:
-        return tasks.precheck(resolved)
+        return tasks.precheck(resolved, _run_id())
 
     @task(**ISTIOCTL_RETRY)
     @timed
     def install_revision(resolved: dict[str, Any]) -> bool:
-        return tasks.install(resolved)
+        return tasks.install(resolved, _run_id())
 
     @task.sensor(**WAIT, **API_RETRY)
     @timed
@@ -246,7 +251,7 @@ def istio_canary_upgrade() -> None:
     @task(**ISTIOCTL_RETRY)
     @timed
     def move_tag(resolved: dict[str, Any]) -> bool:
-        return tasks.move_tag(resolved)
+        return tasks.move_tag(resolved, _run_id())
 
     @task(**API_RETRY)
     @timed
@@ -348,7 +353,7 @@ def istio_canary_upgrade() -> None:
     @task(**ISTIOCTL_RETRY)
     @timed
     def uninstall_old(resolved: dict[str, Any]) -> bool:
-        return tasks.uninstall_old(resolved)
+        return tasks.uninstall_old(resolved, _run_id())
 
     @task.sensor(**WAIT, **API_RETRY)
     @timed
@@ -360,7 +365,7 @@ def istio_canary_upgrade() -> None:
         @task(**ISTIOCTL_RETRY)
         @timed
         def move_tag_back(resolved: dict[str, Any]) -> bool:
-            return tasks.move_tag(resolved, to_current=True)
+            return tasks.move_tag(resolved, _run_id(), to_current=True)
 
         @task(**API_RETRY)
         @timed
@@ -374,7 +379,7 @@ def istio_canary_upgrade() -> None:
 
         @task(**ISTIOCTL_RETRY)
         def remove_new_revision(resolved: dict[str, Any]) -> str:
-            return tasks.remove_new_revision(resolved)
+            return tasks.remove_new_revision(resolved, _run_id())
 
         moved = restart_moved(resolved)
         move_tag_back(resolved) >> moved

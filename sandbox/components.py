@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -31,6 +32,7 @@ class Layout:
     etcd_port: int = _env_int("SANDBOX_ETCD_PORT", 12379)
     apiserver_port: int = _env_int("SANDBOX_APISERVER_PORT", 16443)
     kwok_port: int = _env_int("SANDBOX_KWOK_PORT", 20247)
+    kubelet_port: int = _env_int("SANDBOX_KUBELET_PORT", 20250)
     traffic_port: int = _env_int("SANDBOX_TRAFFIC_PORT", 19464)
     prometheus_port: int = _env_int("SANDBOX_PROMETHEUS_PORT", 19090)
     pod_ready_delay_ms: int = _env_int("SANDBOX_POD_READY_DELAY_MS", 500)
@@ -191,6 +193,14 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def binary(layout: Layout, component: str, name: str) -> str:
     """Path of a built binary: `sandbox/build.sh` prints and fills its cache folder."""
     out = subprocess.run(
@@ -264,6 +274,9 @@ def _apiserver(layout: Layout) -> list[str]:
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         f"--egress-selector-config-file={layout.home / 'egress-selector.yaml'}",
+        # Pod logs: the nodes' InternalIP and kubelet port lead to sandbox/runtime.py.
+        "--kubelet-preferred-address-types=InternalIP",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
         "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
         "--storage-media-type=application/vnd.kubernetes.protobuf",
         f"--cert-dir={layout.home / 'apiserver-certs'}",
@@ -303,10 +316,17 @@ def _scheduler(layout: Layout) -> list[str]:
     ]
 
 
+SANDBOX_STAGES = Path(__file__).parent / "kwok"
+POD_READY_UNLESS_EXITED = """    matchExpressions:
+    - key: '.metadata.annotations["sandbox.istio-canary-upgrade/exit-code"]'
+      operator: 'DoesNotExist'
+"""
+
+
 def kwok_config(stages_dir: Path, pod_ready_delay_ms: int) -> str:
-    """kwok's configuration: its own fast node and pod stages, with a delay before Ready."""
+    """kwok's own fast node and pod stages, with a delay before Ready, and the sandbox's."""
     docs = []
-    for f in sorted(stages_dir.glob("*.yaml")):
+    for f in [*sorted(stages_dir.glob("*.yaml")), *sorted(SANDBOX_STAGES.glob("*.yaml"))]:
         text = f.read_text()
         if f.name == "pod-ready.yaml":
             # A short delay makes rollouts take observable time, as real pods do.
@@ -315,6 +335,8 @@ def kwok_config(stages_dir: Path, pod_ready_delay_ms: int) -> str:
                 f"  delay:\n    durationMilliseconds: {pod_ready_delay_ms}\n  next:\n",
                 1,
             )
+            # A pod the runtime stand-in has finished with (pod-exit.yaml) stays as it left it.
+            text = text.replace("    matchExpressions:\n", POD_READY_UNLESS_EXITED, 1)
         docs.append(text.strip())
     return "\n---\n".join(docs) + "\n"
 
@@ -331,6 +353,9 @@ def _kwok(layout: Layout) -> list[str]:
         f"--config={layout.home / 'kwok.yaml'}",
         "--manage-all-nodes=true",
         f"--server-address=127.0.0.1:{layout.kwok_port}",
+        # Where the apiserver asks for pod logs: sandbox/runtime.py, through the egress proxy.
+        "--node-ip=127.0.0.1",
+        f"--node-port={layout.kubelet_port}",
     ]
 
 
@@ -349,6 +374,24 @@ def _injector(layout: Layout) -> list[str]:
         str(layout.egress_socket),
         "--workdir",
         str(layout.home / "injector"),
+        "--kubelet-port",
+        str(layout.kubelet_port),
+    )
+
+
+def _runtime(layout: Layout) -> list[str]:
+    return _python(
+        "sandbox.runtime",
+        "--server",
+        layout.server,
+        "--pki",
+        str(layout.pki),
+        "--cache",
+        str(layout.cache),
+        "--workdir",
+        str(layout.home / "runtime"),
+        "--listen",
+        f"127.0.0.1:{layout.kubelet_port}",
     )
 
 
@@ -413,6 +456,7 @@ COMPONENTS: tuple[Component, ...] = (
         lambda lo: _http_ok(f"http://127.0.0.1:{lo.kwok_port}/healthz"),
         prepare=_kwok_prepare,
     ),
+    Component("runtime", _runtime, lambda lo: _port_open(lo.kubelet_port)),
     Component(
         "traffic", _traffic, lambda lo: _http_ok(f"http://127.0.0.1:{lo.traffic_port}/metrics")
     ),

@@ -624,7 +624,7 @@ class _ConnectHandler(socketserver.BaseRequestHandler):
             return
         target = f"{host}:{port}"
         try:
-            rev, local_port = self.server.resolve(host)
+            rev, local_port = self.server.route(host, port)
         except LookupError as err:
             log("connect-refused", target=target, reason=err)
             _reply(conn, "503 Service Unavailable", f"no injector for {target}: {err}")
@@ -656,15 +656,22 @@ class ConnectProxy(socketserver.ThreadingUnixStreamServer):
 
     daemon_threads = True
 
-    def __init__(self, path: str | Path, resolve: Resolver) -> None:
+    def __init__(self, path: str | Path, resolve: Resolver, kubelet_port: int = 0) -> None:
         self.path = Path(path)
         self.resolve = resolve
+        self.kubelet_port = kubelet_port
         if len(os.fsencode(self.path)) + 4 > 107:
             raise ValueError(f"unix socket path too long (max 103 bytes): {self.path}")
         self._tmp = Path(f"{self.path}.tmp")
         super().__init__(str(self._tmp), _ConnectHandler, bind_and_activate=False)
         self._thread: threading.Thread | None = None
         self._inode: int | None = None
+
+    def route(self, host: str, port: int) -> tuple[str, int]:
+        """The nodes' kubelet endpoint (loopback, see sandbox/runtime.py) or an istiod."""
+        if self.kubelet_port and (host, port) == ("127.0.0.1", self.kubelet_port):
+            return "kubelet", port
+        return self.resolve(host)
 
     def start(self) -> None:
         """Bind aside, restrict to the owner, listen, then rename into place: whoever sees
@@ -878,6 +885,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", required=True, type=Path, help="state dir (serving certificates)"
     )
+    parser.add_argument(
+        "--kubelet-port", type=int, default=0, help="the nodes' kubelet port (pod logs)"
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -905,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
                 log("error", what="reconcile", error=repr(err))
                 clean = False
             if clean and proxy is None:
-                proxy = ConnectProxy(args.socket, injector.resolve)
+                proxy = ConnectProxy(args.socket, injector.resolve, args.kubelet_port)
                 proxy.start()
                 log(
                     "ready", socket=args.socket, revisions=",".join(sorted(injector.servers)) or "-"

@@ -94,6 +94,8 @@ def ensure_pki(pki: Path) -> None:
         )
     signed_cert(pki, "apiserver", "/CN=kube-apiserver", APISERVER_SANS)
     signed_cert(pki, "admin", "/O=system:masters/CN=admin", client=True)
+    # The nodes' kubelet endpoint (sandbox/runtime.py serves pod logs there).
+    signed_cert(pki, "kubelet", "/CN=kwok-kubelet", ("IP:127.0.0.1",))
     _key(pki / "sa.key")
     if not (pki / "sa.pub").exists():
         _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))

@@ -9,7 +9,10 @@ import sys
 import time
 from typing import Any
 
-from sandbox.components import Layout, binary
+from sandbox.components import REPO, Layout, binary
+
+RBAC = REPO / "include" / "rbac.yaml"
+ISTIOCTL_PODS = "app.kubernetes.io/component=istioctl"
 
 APP_NAMESPACES = ("foo", "bar", "baz", "qux")
 GATEWAY_NAMESPACE = "istio-ingress"
@@ -114,6 +117,24 @@ def ensure_nodes(layout: Layout) -> None:
         "items": [node(f"kwok-node-{i}") for i in range(NODES)],
     }
     kubectl(layout, "apply", "--server-side", "-f", "-", stdin=json.dumps(items))
+    # kwok writes these only when it initializes a node; nodes of an older sandbox lack them.
+    endpoint = {
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": layout.kubelet_port}},
+        }
+    }
+    for i in range(NODES):
+        kubectl(
+            layout,
+            "patch",
+            "node",
+            f"kwok-node-{i}",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps(endpoint),
+        )
 
 
 def kubectl(layout: Layout, *args: str, stdin: str | None = None) -> str:
@@ -226,6 +247,10 @@ def seed(layout: Layout, old_revision: str, new_revision: str, extra_namespaces:
         istioctl(
             layout, "old", "tag", "set", "default", "--revision", old_revision, "--overwrite", "-y"
         )
+    # What README asks of a real cluster: the ServiceAccount in-cluster istioctl runs as.
+    kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", str(RBAC))
+    # Kept failed istioctl pods of earlier runs (istioctl_runner 'pod').
+    kubectl(layout, "delete", "pods", "-n", "istio-system", "-l", ISTIOCTL_PODS, "--wait=false")
     items = {"apiVersion": "v1", "kind": "List", "items": mesh_objects(extra_namespaces)}
     kubectl(
         layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(items)

@@ -361,3 +361,56 @@ def rollout_states(kube: Kube, refs: Iterable[WorkloadRef]) -> list[RolloutState
         obj.kind = ref.kind
         states.append(rollout_state(obj))
     return states
+
+
+# --- one-off pods (the in-cluster istioctl) -------------------------------------------------
+
+
+def read_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    """A pod as its JSON dict (camelCase, as the API serves it), or None when there is none."""
+    try:
+        pod = kube.core.read_namespaced_pod(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(kube.api.sanitize_for_serialization(pod))
+
+
+def create_pod(kube: Kube, body: dict[str, Any]) -> bool:
+    """Create a pod; False when one of that name already exists (a retry raced us)."""
+    try:
+        kube.core.create_namespaced_pod(body["metadata"]["namespace"], body)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def delete_pod(kube: Kube, namespace: str, name: str) -> None:
+    """Delete a pod; one already gone is fine."""
+    try:
+        kube.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def pod_log(kube: Kube, namespace: str, name: str, container: str) -> str:
+    """What a container printed (the kubelet keeps it until the pod is deleted)."""
+    # Raw bytes: with content preloading the client json-decodes a log that looks like JSON.
+    resp = kube.core.read_namespaced_pod_log(
+        name, namespace, container=container, _preload_content=False
+    )
+    return bytes(resp.data).decode(errors="replace")
+
+
+def service_account_exists(kube: Kube, namespace: str, name: str) -> bool:
+    try:
+        kube.core.read_namespaced_service_account(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True

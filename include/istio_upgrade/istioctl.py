@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from istio_upgrade.errors import ParamError
 
@@ -41,6 +42,12 @@ class Result:
     def summary(self) -> str:
         out = (self.stdout + self.stderr).strip()
         return f"`{' '.join(self.argv)}` exited {self.returncode}:\n{out}"
+
+
+class Runner(Protocol):
+    """Runs one istioctl command somewhere: here (`Istioctl`) or in a pod (istioctl_in_cluster)."""
+
+    def run(self, *args: str) -> Result: ...
 
 
 def version_of_revision(revision: str) -> str:

@@ -1,5 +1,7 @@
 """The pod that runs one istioctl command inside the cluster, as plain data.
 
+istioctl_in_cluster.py runs it; `kpo_kwargs` gives the same pod to a KubernetesPodOperator.
+
 The pod uses the official `docker.io/istio/istioctl:<version>` image (its entrypoint is
 istioctl, it runs as uid 1000) and the ServiceAccount `istio-canary-upgrade`, so istioctl
 talks to the API with in-cluster credentials and nothing else. What that account may do is
@@ -52,8 +54,8 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _NOT_DNS = re.compile(r"[^a-z0-9]+")
 
 
-def image(version: str) -> str:
-    """The official istioctl image of `version` (e.g. `1.31.0`)."""
+def image(version: str, repository: str = IMAGE_REPOSITORY) -> str:
+    """The istioctl image of `version` (e.g. `1.31.0`): the official one or a mirror of it."""
     if not _TAG.fullmatch(version):
         raise ParamError(
             "version",
@@ -61,7 +63,7 @@ def image(version: str) -> str:
             "is not an image tag",
             "use an Istio release as published on docker.io/istio/istioctl, e.g. '1.31.0'",
         )
-    return f"{IMAGE_REPOSITORY}:{version}"
+    return f"{repository}:{version}"
 
 
 def pod_name(
@@ -109,6 +111,7 @@ def istioctl_pod(
     name_prefix: str = NAME_PREFIX,
     *,
     key: str = "",
+    repository: str = IMAGE_REPOSITORY,
 ) -> dict[str, Any]:
     """A V1Pod as a JSON-safe dict that runs `istioctl <args>` once, with in-cluster credentials.
 
@@ -138,7 +141,7 @@ def istioctl_pod(
             "containers": [
                 {
                     "name": CONTAINER,
-                    "image": image(version),
+                    "image": image(version, repository),
                     "imagePullPolicy": "IfNotPresent",
                     "args": argv,
                     # The root filesystem is read-only; istioctl and client-go write config
@@ -162,6 +165,7 @@ def kpo_kwargs(
     name_prefix: str = NAME_PREFIX,
     *,
     key: str = "",
+    repository: str = IMAGE_REPOSITORY,
 ) -> dict[str, Any]:
     """Keyword arguments for the cncf.kubernetes KubernetesPodOperator running the same pod.
 
@@ -169,7 +173,9 @@ def kpo_kwargs(
     rest of that pod (resources, volumes, pod security context, deadline) rides along as
     `pod_template_dict`, which the operator merges under its own fields.
     """
-    pod = istioctl_pod(args, version, namespace, service_account, name_prefix, key=key)
+    pod = istioctl_pod(
+        args, version, namespace, service_account, name_prefix, key=key, repository=repository
+    )
     container = pod["spec"]["containers"][0]
     return {
         "image": container["image"],

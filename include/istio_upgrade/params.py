@@ -27,6 +27,11 @@ MAX_REVISION_LEN = 56
 # A manual window longer than a week is a typo (seconds typed as minutes), not a window
 MAX_WINDOW_MINUTES = 7 * 24 * 60
 APPROVAL_DEFAULTS = ("reject", "approve")
+ISTIOCTL_RUNNERS = ("local", "pod")
+# An image repository without tag or digest: [registry[:port]/]path (distribution/reference).
+IMAGE_REPOSITORY = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
+)
 # Where a run without target_revision finds it: this Airflow Variable, then the DAG's default
 TARGET_VARIABLE = "istio_upgrade_target_revision"
 
@@ -286,6 +291,23 @@ PARAM_SPECS: Mapping[str, ParamSpec] = MappingProxyType(
             "continues with the remaining namespaces.",
             {"enum": list(APPROVAL_DEFAULTS)},
         ),
+        "istioctl_runner": ParamSpec(
+            "local",
+            "string",
+            "Where istioctl runs",
+            "'local': the istioctl binary on the Airflow worker (see istioctl). 'pod': one pod "
+            "per command in istio-system, from the image istioctl_image:<target version>, as "
+            "ServiceAccount istio-canary-upgrade (include/rbac.yaml); istioctl's version then "
+            "always equals the target's.",
+            {"enum": list(ISTIOCTL_RUNNERS)},
+        ),
+        "istioctl_image": ParamSpec(
+            "docker.io/istio/istioctl",
+            "string",
+            "istioctl image",
+            "Image repository, without tag, for istioctl_runner 'pod': the official one or "
+            "your registry's mirror of it. The tag is the Istio version.",
+        ),
     }
 )
 
@@ -325,6 +347,9 @@ class UpgradeParams:
     window_minutes: int = 0
     approval_timeout_seconds: int = 1800
     approval_default: str = "reject"
+    # Added with the in-cluster istioctl runner.
+    istioctl_runner: str = "local"
+    istioctl_image: str = "docker.io/istio/istioctl"
 
     @property
     def gateway_refs(self) -> tuple[WorkloadRef, ...]:
@@ -425,9 +450,21 @@ def parse_params(raw: Mapping[str, Any]) -> UpgradeParams:
                 f"drop {clash[0]!r} from one of the two lists",
             )
 
+    runner = _check_runner(get.text("istioctl_runner"))
+    istioctl = _check_istioctl(get.text("istioctl"), target)
+    if runner == "pod" and istioctl and not ISTIO_VERSION.match(istioctl):
+        raise ParamError(
+            "istioctl",
+            istioctl,
+            "is a path, but istioctl_runner 'pod' runs istioctl from its image",
+            "give a version such as '1.31.0' or leave it empty, or set istioctl_runner 'local'",
+        )
+
     return UpgradeParams(
         target_revision=target,
-        istioctl=_check_istioctl(get.text("istioctl"), target),
+        istioctl=istioctl,
+        istioctl_runner=runner,
+        istioctl_image=_check_image(get.text("istioctl_image")),
         current_revision=current,
         tag=tag,
         canary_namespaces=canary,
@@ -663,6 +700,29 @@ def _check_window_minutes(value: int) -> int:
             value,
             f"is more than a week ({MAX_WINDOW_MINUTES} minutes)",
             "give the window in minutes, e.g. 120 for two hours, or 0 for no limit",
+        )
+    return value
+
+
+def _check_runner(value: str) -> str:
+    if value not in ISTIOCTL_RUNNERS:
+        raise ParamError(
+            "istioctl_runner",
+            value,
+            "is not a place istioctl can run",
+            "use 'local' (the worker's binary) or 'pod' (the istioctl image in the cluster)",
+        )
+    return value
+
+
+def _check_image(value: str) -> str:
+    if not IMAGE_REPOSITORY.match(value):
+        raise ParamError(
+            "istioctl_image",
+            value,
+            "is not an image repository without tag",
+            "use e.g. 'docker.io/istio/istioctl' or 'registry.example.com/mirror/istioctl'; "
+            "the tag comes from the Istio version",
         )
     return value
 

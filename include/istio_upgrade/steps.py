@@ -11,11 +11,11 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from istio_upgrade import cluster, progress
+from istio_upgrade import cluster, istioctl_pod, progress
 from istio_upgrade.cluster import Kube
-from istio_upgrade.errors import ClusterStateError, NothingToDo, RevisionInUse
+from istio_upgrade.errors import ClusterStateError, NothingToDo, ParamError, RevisionInUse
 from istio_upgrade.istioctl import (
-    Istioctl,
+    Runner,
     install_args,
     precheck_args,
     resolve,
@@ -59,7 +59,7 @@ def validate(kube: Kube, raw: dict[str, Any]) -> ResolvedParams:
     snap = cluster.snapshot(kube)
     if already_done(params, snap):
         raise NothingToDo(params.target_revision, params.tag)
-    resolve(params.istioctl, params.target_revision)
+    check_istioctl(kube, params)
     resolved = check_against_cluster(params, snap)
     log.info(
         "validated target=%s current=%s tag=%s canary=%s namespaces=%d resumed=%s",
@@ -73,7 +73,24 @@ def validate(kube: Kube, raw: dict[str, Any]) -> ResolvedParams:
     return resolved
 
 
-def precheck(istioctl: Istioctl) -> str:
+def check_istioctl(kube: Kube, params: UpgradeParams) -> None:
+    """The istioctl the run will use can run: the local binary, or the pods' ServiceAccount."""
+    if params.istioctl_runner == "local":
+        resolve(params.istioctl, params.target_revision)
+    elif not cluster.service_account_exists(
+        kube, istioctl_pod.NAMESPACE, istioctl_pod.SERVICE_ACCOUNT
+    ):
+        raise ParamError(
+            "istioctl_runner",
+            params.istioctl_runner,
+            f"needs the ServiceAccount {istioctl_pod.NAMESPACE}/{istioctl_pod.SERVICE_ACCOUNT}, "
+            "which does not exist",
+            "kubectl apply -f include/rbac.yaml (it also grants what istioctl needs), or set "
+            "istioctl_runner 'local'",
+        )
+
+
+def precheck(istioctl: Runner) -> str:
     """`istioctl x precheck` must find nothing: it exits 1 at Warning level or worse."""
     result = istioctl.run(*precheck_args())
     if not result.ok:
@@ -92,9 +109,7 @@ def control_plane_ready(kube: Kube, revision: str) -> bool:
     return plane is not None and plane.ready and plane.injector_webhook
 
 
-def install(
-    kube: Kube, istioctl: Istioctl, revision: str, profile: str, overlay: str | None
-) -> bool:
+def install(kube: Kube, istioctl: Runner, revision: str, profile: str, overlay: str | None) -> bool:
     """Install the revision beside the old one unless it already runs. True if installed now."""
     if control_plane_ready(kube, revision):
         log.info("install skipped revision=%s reason=already-installed", revision)
@@ -110,7 +125,7 @@ def install(
     return True
 
 
-def move_tag(kube: Kube, istioctl: Istioctl, tag: str, revision: str) -> bool:
+def move_tag(kube: Kube, istioctl: Runner, tag: str, revision: str) -> bool:
     """Point the tag at `revision` and read it back (istioctl exits 0 even when it did nothing)."""
     if cluster.tag_revision(kube, tag) == revision:
         log.info("tag unchanged tag=%s revision=%s", tag, revision)
@@ -276,7 +291,7 @@ def check_unused(kube: Kube, revision: str) -> str:
     return usage.describe()
 
 
-def uninstall(kube: Kube, istioctl: Istioctl, revision: str) -> bool:
+def uninstall(kube: Kube, istioctl: Runner, revision: str) -> bool:
     """Remove a revision's control plane unless it is gone already. True if removed now."""
     if not revision_objects(kube, revision):
         log.info("uninstall skipped revision=%s reason=not-installed", revision)

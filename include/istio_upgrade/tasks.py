@@ -18,7 +18,8 @@ from istio_upgrade.cluster import Kube
 from istio_upgrade.connections import kube_target
 from istio_upgrade.deadline import Outcome, Span, WavesPaused, WindowClosed
 from istio_upgrade.errors import ClusterStateError, UpgradeError
-from istio_upgrade.istioctl import Istioctl, resolve
+from istio_upgrade.istioctl import Istioctl, Runner, resolve, version_of_revision
+from istio_upgrade.istioctl_in_cluster import PodIstioctl
 from istio_upgrade.model import MeshSnapshot, RevisionTag, UpgradePhase, WorkloadRef
 from istio_upgrade.params import ResolvedParams, parse_params, with_target
 
@@ -31,7 +32,7 @@ class Run:
 
     rp: ResolvedParams
     kube: Kube
-    istioctl: Istioctl
+    istioctl: Runner
 
     @property
     def target(self) -> str:
@@ -42,15 +43,19 @@ class Run:
         return self.rp.current_revision
 
 
-def _run(resolved: dict[str, Any]) -> Run:
+def _run(resolved: dict[str, Any], run_id: str = "") -> Run:
+    """`run_id` names the in-cluster istioctl's pods; tasks that run istioctl pass it."""
     rp = ResolvedParams.from_dict(resolved)
     target = kube_target(rp.params.kubernetes_conn_id)
-    binary = resolve(rp.params.istioctl, rp.target_revision)
-    return Run(
-        rp,
-        cluster.connect(target),
-        Istioctl(binary, kubeconfig=target.kubeconfig, context=target.context),
-    )
+    kube = cluster.connect(target)
+    istioctl: Runner
+    if rp.params.istioctl_runner == "pod":
+        version = rp.params.istioctl_version or version_of_revision(rp.target_revision)
+        istioctl = PodIstioctl(kube, version, run_id, repository=rp.params.istioctl_image)
+    else:
+        binary = resolve(rp.params.istioctl, rp.target_revision)
+        istioctl = Istioctl(binary, kubeconfig=target.kubeconfig, context=target.context)
+    return Run(rp, kube, istioctl)
 
 
 def validate(
@@ -101,16 +106,16 @@ def show_plan(resolved: dict[str, Any]) -> str:
     return text
 
 
-def precheck(resolved: dict[str, Any]) -> dict[str, Any]:
+def precheck(resolved: dict[str, Any], run_id: str) -> dict[str, Any]:
     """istioctl x precheck, then the state before anything changes (for the report)."""
-    run = _run(resolved)
+    run = _run(resolved, run_id)
     output = steps.precheck(run.istioctl)
     snap = cluster.snapshot(run.kube)
     return {"precheck": output, "before": snap.to_dict()}
 
 
-def install(resolved: dict[str, Any]) -> bool:
-    run = _run(resolved)
+def install(resolved: dict[str, Any], run_id: str) -> bool:
+    run = _run(resolved, run_id)
     return steps.install(
         run.kube,
         run.istioctl,
@@ -125,8 +130,8 @@ def control_plane_ready(resolved: dict[str, Any]) -> bool:
     return steps.control_plane_ready(run.kube, run.target)
 
 
-def move_tag(resolved: dict[str, Any], to_current: bool = False) -> bool:
-    run = _run(resolved)
+def move_tag(resolved: dict[str, Any], run_id: str, to_current: bool = False) -> bool:
+    run = _run(resolved, run_id)
     return steps.move_tag(
         run.kube, run.istioctl, run.rp.tag, run.current if to_current else run.target
     )
@@ -312,8 +317,8 @@ def check_old_unused(resolved: dict[str, Any]) -> str:
     return steps.check_unused(run.kube, run.current)
 
 
-def uninstall_old(resolved: dict[str, Any]) -> bool:
-    run = _run(resolved)
+def uninstall_old(resolved: dict[str, Any], run_id: str) -> bool:
+    run = _run(resolved, run_id)
     return steps.uninstall(run.kube, run.istioctl, run.current)
 
 
@@ -344,9 +349,9 @@ def verify_rolled_back(resolved: dict[str, Any]) -> dict[str, Any]:
     return steps.verify_namespaces(run.kube, list(run.rp.namespaces), run.current)
 
 
-def remove_new_revision(resolved: dict[str, Any]) -> str:
+def remove_new_revision(resolved: dict[str, Any], run_id: str) -> str:
     """After a rollback, optionally uninstall the target revision once nothing uses it."""
-    run = _run(resolved)
+    run = _run(resolved, run_id)
     if not run.rp.params.remove_new_revision_on_rollback:
         return f"kept revision {run.target} (remove_new_revision_on_rollback is off)"
     steps.check_unused(run.kube, run.target)

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
-from dag_runs import APPS, RestApi, fast_params, pod_uids, resource_versions, run_dag
+from dag_runs import (
+    APPS,
+    MESH,
+    RestApi,
+    fast_params,
+    pod_uids,
+    resource_versions,
+    revisions,
+    run_dag,
+)
 from dag_runs import states as run_states
 from sandbox_fixture import Sandbox
 
-from istio_upgrade import cluster, progress
+from istio_upgrade import cluster, istioctl_pod, progress
+from istio_upgrade.istioctl import install_args, tag_set_args, uninstall_args, version_of_revision
 from istio_upgrade.params import TARGET_VARIABLE
+
+ISTIOCTL_PODS = ",".join(f"{k}={v}" for k, v in istioctl_pod.LABELS.items())
 
 pytestmark = pytest.mark.sandbox
 
@@ -102,3 +115,30 @@ def test_bad_input_fails_before_any_change(seeded: Sandbox) -> None:
     assert run_states["validate"] == "failed"
     assert run_states["precheck"] == "upstream_failed"
     assert resource_versions(seeded) == before
+
+
+def test_pod_runner_upgrades_with_istioctl_pods(seeded: Sandbox) -> None:
+    """istioctl_runner 'pod': every istioctl command of the run ran as a pod, none is left."""
+    box, kube = seeded, seeded.kube()
+    dr = run_dag(fast_params(box, istioctl_runner="pod"))
+    assert str(dr.state) == "success", states(dr)
+    assert cluster.tag_revision(kube, "default") == box.new_revision
+    assert cluster.revision_objects(kube, box.old_revision) == []
+    assert revisions(box) == {ns: {box.new_revision} for ns in MESH}
+
+    # The runtime stand-in keeps each pod's output by pod name, named from the run id.
+    logs = Path(box.env["SANDBOX_HOME"]) / "runtime" / "logs" / istioctl_pod.NAMESPACE
+    version = version_of_revision(box.new_revision)
+    expected = {
+        "x precheck": ("x", "precheck"),
+        "install": install_args(box.new_revision, "minimal"),
+        "tag set": tag_set_args("default", box.new_revision),
+        "uninstall": uninstall_args(box.old_revision),
+    }
+    for what, args in expected.items():
+        name = istioctl_pod.pod_name(args, version, key=dr.run_id)
+        assert (logs / name / "istioctl.log").exists(), f"{what} did not run as pod {name}"
+    left = box.kubectl(
+        "get", "pods", "-n", istioctl_pod.NAMESPACE, "-l", ISTIOCTL_PODS, "-o", "name"
+    )
+    assert left == "", f"succeeded istioctl pods were not deleted: {left}"

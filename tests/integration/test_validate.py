@@ -51,6 +51,19 @@ BAD = [
     pytest.param({"current_revision": "1-0-0"}, "current_revision", "", id="unknown-current"),
     pytest.param({"metric_window": "soon"}, "metric_window", "", id="bad-window"),
     pytest.param({"istioctl": "/no/such/istioctl"}, "istioctl", "", id="missing-istioctl"),
+    pytest.param(
+        {"istioctl_runner": "pod", "istioctl": "/usr/local/bin/istioctl"},
+        "istioctl",
+        "'1.31.0'",
+        id="pod-runner-given-a-path",
+    ),
+    pytest.param({"istioctl_runner": "remote"}, "istioctl_runner", "'pod'", id="unknown-runner"),
+    pytest.param(
+        {"istioctl_runner": "pod", "istioctl_image": "docker.io/istio/istioctl:1.32.0"},
+        "istioctl_image",
+        "tag comes from",
+        id="image-with-tag",
+    ),
 ]
 
 

@@ -205,6 +205,12 @@ _VERBS = {"read": "get", "list": "list", "patch": "patch", "create": "create",
           "delete": "delete", "replace": "update"}  # fmt: skip
 
 
+_SUBRESOURCES = {"pod_log": "pods/log"}
+# The in-cluster istioctl's pods live in istio-system only, where the runner Role covers them.
+RUNNER_ROLE = "istio-canary-upgrade-runner"
+RUNNER_RESOURCES = {("", "pods"), ("", "pods/log")}
+
+
 def dag_api_calls() -> set[tuple[str, str, str]]:
     """(group, resource, verb) of every typed client call in include/istio_upgrade/."""
     calls = set()
@@ -212,7 +218,8 @@ def dag_api_calls() -> set[tuple[str, str, str]]:
     for module in CLUSTER_MODULES:
         for api, verb, rest in pattern.findall(module.read_text()):
             kind = rest.removeprefix("namespaced_").removesuffix("_for_all_namespaces")
-            calls.add((_API_GROUPS[api], kind.replace("_", "") + "s", _VERBS[verb]))
+            resource = _SUBRESOURCES.get(kind, kind.replace("_", "") + "s")
+            calls.add((_API_GROUPS[api], resource, _VERBS[verb]))
     return calls
 
 
@@ -226,8 +233,14 @@ def test_dag_api_calls_are_found() -> None:
     pytest.param(*call, id=f"{call[2]}-{call[1]}") for call in sorted(dag_api_calls())
 ])  # fmt: skip
 def test_cluster_role_allows_every_dag_call(group: str, resource: str, verb: str) -> None:
-    # The DAG reads and restarts in every namespace: only the ClusterRole counts.
-    rules = _rbac()[("ClusterRole", SERVICE_ACCOUNT)]["rules"]
+    # The DAG reads and restarts in every namespace: only the ClusterRole counts, except for
+    # the runner's pods in istio-system.
+    objs = _rbac()
+    rules = list(objs[("ClusterRole", SERVICE_ACCOUNT)]["rules"])
+    if (group, resource) in RUNNER_RESOURCES:
+        runner = objs[("Role", RUNNER_ROLE)]
+        assert runner["metadata"]["namespace"] == NAMESPACE
+        rules += runner["rules"]
     assert allows(rules, group, resource, verb), f"rbac.yaml: no {verb} on {group}/{resource}"
 
 
