@@ -46,6 +46,15 @@ def revision_of(version: str) -> str:
     return "-".join(version.split("-", 1)[0].split("."))
 
 
+def parse_exports(text: str) -> dict[str, str]:
+    """The `export K=V` lines that `up` and `env` print (see env_lines), as a dict."""
+    return dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in text.splitlines()
+        if line.startswith("export ")
+    )
+
+
 def env_lines(layout: Layout) -> list[str]:
     v = versions()
     cache = layout.cache

@@ -156,12 +156,22 @@ def stop(layout: Layout, name: str, grace: float = 10.0) -> bool:
     (layout.pids / f"{name}.pid").unlink(missing_ok=True)
     if pid is None:
         return False
+    return stop_group(pid, grace)
+
+
+def stop_group(pid: int, grace: float = 10.0) -> bool:
+    """SIGTERM a process group, SIGKILL it if its leader outlives the grace time.
+
+    Returns False when there was no such group.
+    """
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child, or it never "dies"
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

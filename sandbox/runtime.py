@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import signal
 import ssl
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sandbox.kubeapi import ApiError, KubeApi, from_files
+from sandbox.service import serve_and_poll
 
 log = logging.getLogger("sandbox.runtime")
 
@@ -106,6 +106,13 @@ class Runtime:
 
     def log_file(self, namespace: str, pod: str, container: str) -> Path:
         return self.workdir / "logs" / namespace / pod / f"{container}.log"
+
+    def poll(self) -> None:
+        """One pass; an unreachable apiserver is logged and tried again on the next."""
+        try:
+            self.tick()
+        except (ApiError, OSError) as err:
+            log.warning("poll: %s", err)
 
     def tick(self) -> None:
         pods = self.api.get("/api/v1/pods", fieldSelector="status.phase=Running")["items"]
@@ -242,29 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     host, _, port = args.listen.rpartition(":")
     runtime = Runtime(from_files(args.server, str(args.pki)), args.cache, args.workdir)
     server = LogServer((host, int(port)), runtime, args.pki)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal=%s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    thread = threading.Thread(target=server.serve_forever, name="logs", daemon=True)
-    thread.start()
     log.info("listening on https://%s containerLogs; cache=%s", args.listen, args.cache)
-    try:
-        while True:
-            try:
-                runtime.tick()
-            except (ApiError, OSError) as err:
-                log.warning("poll: %s", err)
-            if stop.wait(POLL_SECONDS):
-                break
-    finally:
-        server.shutdown()
-        server.server_close()
-    log.info("stopped")
+    serve_and_poll(server, runtime.poll, POLL_SECONDS, log)
     return 0
 
 

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import random
-import signal
 import sys
 import tempfile
 import threading
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sandbox.kubeapi import from_files
+from sandbox.service import serve_and_poll
 
 log = logging.getLogger("sandbox.traffic")
 
@@ -602,30 +602,11 @@ def main(argv: list[str] | None = None) -> int:
         lambda: api.get("/api/v1/pods"), KnobStore(args.knobs), rng=random.Random(args.seed)
     )
     server = TrafficServer(args.listen, sim)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal=%s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
-    thread.start()
     host, port = server.server_address[:2]
     log.info(
         "listening on http://%s:%s/metrics server=%s knobs=%s", host, port, args.server, args.knobs
     )
-    try:
-        while True:
-            sim.tick()
-            if stop.wait(POLL_SECONDS):
-                break
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-    log.info("stopped")
+    serve_and_poll(server, sim.tick, POLL_SECONDS, log)
     return 0
 
 

@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from sandbox.cli import parse_exports
+from sandbox.components import stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 SANDBOX = str(REPO / "sandbox" / "sandbox")
@@ -46,6 +48,8 @@ DEMO_PARAMS: dict[str, Any] = {
 }
 TERMINAL = {"success", "failed", "skipped", "upstream_failed", "removed"}
 ACTIVE = {"running", "deferred", "up_for_reschedule", "up_for_retry", "awaiting_input"}
+# airflow standalone stops its scheduler, triggerer and api-server one after another.
+AIRFLOW_STOP_GRACE = 20.0
 
 
 class DemoError(RuntimeError):
@@ -134,15 +138,6 @@ def _alive(pid: int) -> bool:
 def sandbox_env_vars(env: dict[str, str]) -> dict[str, str]:
     """The sandbox's own settings from an environment (home and ports)."""
     return {k: v for k, v in env.items() if k.startswith("SANDBOX_")}
-
-
-def parse_exports(text: str) -> dict[str, str]:
-    """`export K=V` lines (what `sandbox/sandbox up|env` prints) as a dict."""
-    return dict(
-        line.removeprefix("export ").split("=", 1)
-        for line in text.splitlines()
-        if line.startswith("export ")
-    )
 
 
 def sandbox_up(env: dict[str, str]) -> dict[str, str]:
@@ -237,29 +232,11 @@ def start_airflow(demo: Demo, env: dict[str, str], timeout: float = 240.0) -> in
         if proc.poll() is not None:
             raise DemoError(f"airflow standalone exited with {proc.returncode}; see {demo.log}")
         if time.monotonic() > deadline:
-            stop_group(proc.pid)
+            stop_group(proc.pid, AIRFLOW_STOP_GRACE)
             raise DemoError(f"Airflow API not up after {timeout:.0f}s; see {demo.log}")
         time.sleep(1)
     say(f"airflow: API up at {demo.url} in {time.monotonic() - t0:.0f}s")
     return proc.pid
-
-
-def stop_group(pid: int, grace: float = 20.0) -> bool:
-    """SIGTERM a process group, SIGKILL what is left after the grace time."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
-        if not _alive(pid):
-            break
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    return True
 
 
 # --- the REST API --------------------------------------------------------------------------
@@ -603,7 +580,7 @@ def stop_demo(demo: Demo, purge: bool = False, env: Mapping[str, str] | None = N
     """
     state = State.load(demo)
     if state and _alive(state.airflow_pid):
-        stop_group(state.airflow_pid)
+        stop_group(state.airflow_pid, AIRFLOW_STOP_GRACE)
         say(f"stopped airflow standalone (pid {state.airflow_pid})")
     else:
         say("airflow: not running")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from istio_upgrade import cluster
+from sandbox.cli import parse_exports
 
 REPO = Path(__file__).resolve().parent.parent
 SANDBOX = str(REPO / "sandbox" / "sandbox")
@@ -81,19 +82,11 @@ class Sandbox:
         subprocess.run([SANDBOX, "reset"], check=True)
 
 
-def _parse_env(text: str) -> dict[str, str]:
-    return dict(
-        line.removeprefix("export ").split("=", 1)
-        for line in text.splitlines()
-        if line.startswith("export ")
-    )
-
-
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
     """Start the sandbox once per session (seeded); stop it after if this session started it."""
     was_running = subprocess.run([SANDBOX, "status"], capture_output=True).returncode == 0
     out = subprocess.run([SANDBOX, "up", "--seed"], check=True, capture_output=True, text=True)
-    yield Sandbox(_parse_env(out.stdout))
+    yield Sandbox(parse_exports(out.stdout))
     if not was_running and not os.environ.get("SANDBOX_KEEP"):
         subprocess.run([SANDBOX, "down"], check=True)
