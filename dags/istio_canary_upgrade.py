@@ -85,8 +85,14 @@ from airflow.sdk.exceptions import AirflowSkipException
 from maintenance_window import MaintenanceWindowTimetable
 
 from istio_upgrade import config, tasks
-from istio_upgrade.deadline import WavesPaused, WindowClosed
-from istio_upgrade.errors import NothingToDo, ParamError, RevisionInUse, RolloutFailed
+from istio_upgrade.deadline import WavesPaused, WindowClosed, failed_before
+from istio_upgrade.errors import (
+    NothingToDo,
+    ParamError,
+    RevisionInUse,
+    RolloutFailed,
+    WavesFailed,
+)
 from istio_upgrade.operators import (
     CanaryApproval,
     MetricGateSensor,
@@ -114,7 +120,7 @@ DEFAULT_TARGET = config.default_target(os.environ)
 FINDINGS_FAIL = ExceptionRetryPolicy(
     rules=[
         RetryRule(
-            exception=[ParamError, RevisionInUse, RolloutFailed],
+            exception=[ParamError, RevisionInUse, RolloutFailed, WavesFailed],
             action=RetryAction.FAIL,
             reason="a finding about the params or the cluster, not a passing error",
         )
@@ -193,6 +199,16 @@ def _name_map_index(namespace: str) -> None:
 def _held() -> list[dict[str, Any]]:
     """The namespaces of this run held back by the window (pushed by wait_turn)."""
     return pull_all(get_current_context(), "upgrade_namespace.wait_turn", "held")
+
+
+def _failed_earlier(item: dict[str, Any]) -> list[str]:
+    """Namespaces of earlier waves whose upgrade_namespace tasks failed in this run."""
+    ti = get_current_context()["ti"]
+    states = ti.get_task_states(
+        dag_id=ti.dag_id, task_group_id="upgrade_namespace", run_ids=[ti.run_id]
+    )
+    items = ti.xcom_pull(task_ids="remaining_namespaces") or []
+    return failed_before(item, items, states.get(ti.run_id, {}))
 
 
 @dag(
@@ -294,9 +310,17 @@ def istio_canary_upgrade() -> None:
     def upgrade_namespace(item: dict[str, Any], resolved: dict[str, Any]) -> None:
         @task.sensor(map_index_template="{{ namespace }}", **WAIT, **API_RETRY)
         def wait_turn(item: dict[str, Any], resolved: dict[str, Any]) -> bool:
-            # First the window (would this wave still fit?), then the turn (earlier waves
-            # done). Held back: record why and skip, which skips this namespace's restart.
+            # First a failed earlier wave (stop, do not wait out the timeout), then the window
+            # (would this wave still fit?), then the turn (earlier waves done). Held back:
+            # record why and skip, which skips this namespace's restart.
             _name_map_index(item["namespace"])
+            failed = _failed_earlier(item)
+            if failed:
+                # Not "held": finish_waves then fails the run and names this namespace too.
+                raise AirflowSkipException(
+                    f"not started: {', '.join(failed)} of an earlier wave failed; fix it, then "
+                    "clear the failed and skipped upgrade_namespace tasks"
+                )
             context = get_current_context()
             verified = [
                 *pull_all(context, "verify_canary"),

@@ -16,6 +16,9 @@ Pure arithmetic over plain data (epoch seconds, as the tasks record them in XCom
 - A wave starts when the time left is at least that estimate. Once a namespace was held
   back, no later namespace of the run starts (the call is sticky): a wave never waits for an
   earlier namespace that will not move, and the mesh stops in its valid mixed state.
+- A namespace whose earlier wave has a failed namespace does not start either: not a pause
+  but a failure, reported at the end of the waves, and found at once instead of after the
+  turn's sensor timeout.
 """
 
 from __future__ import annotations
@@ -232,3 +235,25 @@ def paused_reason(left: Sequence[str], calls: Sequence[Mapping[str, Any]]) -> st
         "the mesh is in a valid mixed state (tag on the target, old revision kept); the next "
         "run continues from here"
     )
+
+
+FAILED_STATES = frozenset({"failed", "upstream_failed"})
+
+
+def failed_before(
+    item: Mapping[str, Any],
+    items: Sequence[Mapping[str, Any]],
+    states: Mapping[str, str | None],
+) -> list[str]:
+    """The namespaces of earlier waves whose upgrade failed in this run.
+
+    `items` are the mapped namespaces in map order (remaining_waves); `states` the states of
+    the upgrade_namespace group's task instances as Airflow reports them, keyed
+    `<task_id>_<map_index>`. Pure over its inputs.
+    """
+    failed = set()
+    for key, state in states.items():
+        _, _, index = key.rpartition("_")
+        if state in FAILED_STATES and index.isdigit() and int(index) < len(items):
+            failed.add(str(items[int(index)]["namespace"]))
+    return sorted(failed & set(item["after"]))

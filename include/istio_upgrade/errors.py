@@ -71,6 +71,22 @@ class RolloutFailed(UpgradeError):
         return (type(self), (self.workload, self.problem, self.fix))
 
 
+class WavesFailed(UpgradeError):
+    """After the waves, namespaces that were not held back are still off the target."""
+
+    def __init__(self, revision: str, namespaces: Sequence[str]) -> None:
+        self.revision = revision
+        self.namespaces = list(namespaces)
+        super().__init__(
+            f"namespaces {', '.join(self.namespaces)} are not on revision {revision!r} (see "
+            "the failed upgrade_namespace tasks; those after them did not start): fix the "
+            "cause, then clear the failed and skipped upgrade_namespace tasks"
+        )
+
+    def __reduce__(self) -> tuple[type[WavesFailed], tuple[str, list[str]]]:
+        return (type(self), (self.revision, self.namespaces))
+
+
 class RevisionInUse(UpgradeError):
     """A revision about to be removed is still referenced by pods, namespaces or tags."""
 

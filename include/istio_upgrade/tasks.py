@@ -17,7 +17,7 @@ from istio_upgrade import approval, cluster, deadline, health, plan, progress, r
 from istio_upgrade.cluster import Kube
 from istio_upgrade.connections import kube_target
 from istio_upgrade.deadline import Outcome, Span, WavesPaused, WindowClosed
-from istio_upgrade.errors import ClusterStateError, UpgradeError
+from istio_upgrade.errors import UpgradeError, WavesFailed
 from istio_upgrade.istioctl import Istioctl, Runner, resolve, version_of_revision
 from istio_upgrade.istioctl_in_cluster import PodIstioctl
 from istio_upgrade.model import MeshSnapshot, RevisionTag, UpgradePhase, WorkloadRef
@@ -303,12 +303,7 @@ def finish_waves(resolved: dict[str, Any], held: Sequence[Mapping[str, Any]]) ->
     if outcome is Outcome.PAUSED:
         raise WavesPaused(deadline.paused_reason(left, held))
     if outcome is Outcome.FAILED:
-        raise ClusterStateError(
-            "namespaces not on the target revision",
-            sorted(set(left) - set(held_names)),
-            f"every namespace of the run on {run.target}",
-            "see the failed upgrade_namespace tasks, fix the cause and clear them",
-        )
+        raise WavesFailed(run.target, sorted(set(left) - set(held_names)))
     return {"namespaces": list(run.rp.namespaces), "revision": run.target}
 
 

@@ -21,7 +21,7 @@ from dag_runs import (
 from dag_runs import states as run_states
 from sandbox_fixture import Sandbox
 
-from istio_upgrade import cluster, istioctl_pod, progress
+from istio_upgrade import cluster, istioctl_pod, plan, progress, steps
 from istio_upgrade.istioctl import install_args, tag_set_args, uninstall_args, version_of_revision
 from istio_upgrade.params import TARGET_VARIABLE
 
@@ -142,3 +142,43 @@ def test_pod_runner_upgrades_with_istioctl_pods(seeded: Sandbox) -> None:
         "get", "pods", "-n", istioctl_pod.NAMESPACE, "-l", ISTIOCTL_PODS, "-o", "name"
     )
     assert left == "", f"succeeded istioctl pods were not deleted: {left}"
+
+
+def test_a_failed_wave_stops_the_later_waves_at_once(seeded: Sandbox) -> None:
+    """Later waves do not wait out their sensor timeout (an hour) behind a failed namespace."""
+    box, kube = seeded, seeded.kube()
+    # The StatefulSet's namespace is the canary: a StatefulSet replaces a pod by deleting it
+    # first, which would free room in the quota below.
+    params = fast_params(box, wave_concurrency=1, canary_namespaces=["baz"])
+    waves = plan.build_plan(steps.validate(kube, params), cluster.snapshot(kube)).waves
+    first, later = waves[0][0], [ns for wave in waves[1:] for ns in wave]
+    assert later, waves
+    # A pod quota that fits the namespace's pods but not one more: the restart's surge pod is
+    # refused, the rollout stalls and its (shortened) progress deadline fails it.
+    listed = kube.apps.list_namespaced_deployment(first).items
+    assert not kube.apps.list_namespaced_stateful_set(first).items, first
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "it-no-surge"},
+        "spec": {"hard": {"pods": str(sum(d.spec.replicas for d in listed))}},
+    }
+    kube.core.create_namespaced_resource_quota(first, quota)
+    deployments = [d.metadata.name for d in listed]
+    for name in deployments:
+        kube.apps.patch_namespaced_deployment(name, first, {"spec": {"progressDeadlineSeconds": 3}})
+    untouched = pod_uids(box, tuple(later))
+    try:
+        dr = run_dag(params)
+    finally:
+        kube.core.delete_namespaced_resource_quota("it-no-surge", first)
+        for name in deployments:
+            kube.apps.patch_namespaced_deployment(
+                name, first, {"spec": {"progressDeadlineSeconds": 600}}
+            )
+    assert str(dr.state) == "failed"
+    run_states = states(dr)
+    turns = {k: v for k, v in run_states.items() if k.startswith("upgrade_namespace.wait_turn[")}
+    assert sorted(turns.values()) == ["skipped"] * len(later) + ["success"], run_states
+    assert run_states["finish_waves"] == "failed"
+    assert pod_uids(box, tuple(later)) == untouched, "a later wave started after a failure"

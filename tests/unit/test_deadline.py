@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -18,11 +19,13 @@ from istio_upgrade.deadline import (
     WindowClosed,
     call_wave,
     estimate,
+    failed_before,
     paused_reason,
     wave_seconds,
     waves_outcome,
     window_end,
 )
+from istio_upgrade.errors import WavesFailed
 
 START = datetime(2026, 3, 3, 2, 0, tzinfo=UTC)
 WINDOW = (datetime(2026, 3, 3, 1, 0, tzinfo=UTC), datetime(2026, 3, 3, 3, 0, tzinfo=UTC))
@@ -165,7 +168,12 @@ def test_paused_reason_names_the_count_the_namespaces_and_the_comparison() -> No
 
 
 @pytest.mark.parametrize(
-    "error", [WindowClosed("2026-03-03T03:00:00+00:00", "x"), WavesPaused("2 left")]
+    "error",
+    [
+        WindowClosed("2026-03-03T03:00:00+00:00", "x"),
+        WavesPaused("2 left"),
+        WavesFailed("1-32-0", ["foo", "qux"]),
+    ],
 )
 def test_errors_survive_pickling(error: Exception) -> None:
     assert str(pickle.loads(pickle.dumps(error))) == str(error)
@@ -174,3 +182,40 @@ def test_errors_survive_pickling(error: Exception) -> None:
 def test_span_round_trips() -> None:
     one = Span(2, ("foo", "baz"), 1.5, 9.25, 3)
     assert Span.from_dict(one.to_dict()) == one and one.seconds == 7.75
+
+
+WAVES = [
+    {"namespace": "foo", "wave": 0, "after": []},
+    {"namespace": "baz", "wave": 0, "after": []},
+    {"namespace": "qux", "wave": 1, "after": ["foo", "baz"]},
+]
+
+
+@pytest.mark.parametrize(
+    ("states", "item", "failed"),
+    [
+        pytest.param({}, WAVES[2], [], id="nothing-ran-yet"),
+        pytest.param(
+            {"upgrade_namespace.wait_rollout_0": "failed"}, WAVES[2], ["foo"], id="earlier-failed"
+        ),
+        pytest.param(
+            {"upgrade_namespace.verify_1": "upstream_failed"},
+            WAVES[2],
+            ["baz"],
+            id="earlier-upstream-failed",
+        ),
+        pytest.param(
+            {"upgrade_namespace.verify_0": "failed"}, WAVES[1], [], id="same-wave-goes-on"
+        ),
+        pytest.param(
+            {"upgrade_namespace.verify_0": "success", "upgrade_namespace.restart_1": "running"},
+            WAVES[2],
+            [],
+            id="earlier-fine",
+        ),
+    ],
+)
+def test_failed_before_names_failed_namespaces_of_earlier_waves(
+    states: dict[str, str], item: dict[str, Any], failed: list[str]
+) -> None:
+    assert failed_before(item, WAVES, states) == failed
