@@ -53,10 +53,18 @@ def _figure(metric: str, value: float | None) -> str:
     return f"{value:.4f}" if metric == Metric.SUCCESS_RATE.value else f"{value:.1f} ms"
 
 
-def body(rp: ResolvedParams, gate: Mapping[str, Any], timeout_text: str) -> str:
-    """The question in Markdown: the canary's figures, what each answer does, the default."""
+def body(
+    rp: ResolvedParams,
+    gate: Mapping[str, Any],
+    timeout_text: str,
+    waves: Sequence[Sequence[str]],
+) -> str:
+    """The question in Markdown: the canary's figures, what each answer does, the default.
+
+    `waves` are the plan's namespaces still to move, wave by wave (gateways moved already).
+    """
     canary = ", ".join(f"**{n}**" for n in rp.canary)
-    rest = [n for n in rp.namespaces if n not in rp.canary]
+    rest = "; ".join(", ".join(wave) for wave in waves if wave)
     checks: Sequence[Mapping[str, Any]] = gate.get("checks") or []
     lines = [
         f"### Canary on `{rp.target_revision}`: metric gate {gate.get('verdict', '?')}",
@@ -75,7 +83,7 @@ def body(rp: ResolvedParams, gate: Mapping[str, Any], timeout_text: str) -> str:
         f"{gate.get('message', '')}",
         "",
         f"- **{APPROVE}**: restart the remaining namespaces onto `{rp.target_revision}` in "
-        f"waves of {rp.params.wave_concurrency} ({', '.join(rest) or 'none left'}), then "
+        f"waves of {rp.params.wave_concurrency} ({rest or 'none left'}), then "
         f"remove `{rp.current_revision}` once nothing uses it.",
         f"- **{REJECT}**: move tag `{rp.tag}` back to `{rp.current_revision}` and restart "
         "what already moved (gateways and canary).",

@@ -219,11 +219,13 @@ def approval_question(resolved: dict[str, Any], gate: dict[str, Any] | None) -> 
     skip = approval.skip_reason(rp.params.require_approval, gate)
     if skip is not None or gate is None:
         return {"skip": skip}
+    run = _run(resolved)
+    waves = plan.build_plan(rp, cluster.snapshot(run.kube)).waves
     timeout = report.duration_text(rp.params.approval_timeout_seconds)
     return {
         "skip": None,
         "subject": approval.subject(rp),
-        "body": approval.body(rp, gate, timeout),
+        "body": approval.body(rp, gate, timeout, waves),
         "default": approval.default_option(rp.params.approval_default),
         "timeout_seconds": rp.params.approval_timeout_seconds,
     }

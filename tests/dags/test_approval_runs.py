@@ -78,6 +78,8 @@ def test_approve_shows_the_canary_figures_and_completes(seeded: Sandbox, rest_ap
     assert rate and float(rate.group(1)) >= 0.99, body
     assert p99 and float(p99.group(1)) > 0, body
     assert "**Reject**: move tag `default` back" in body
+    # The namespaces still to move, read from the cluster: the gateway's moved already.
+    assert "waves of 2 (baz, foo; qux)" in body, body
     answer = rest_api.xcom(dr.run_id, TASK)
     assert answer == {
         "option": "Approve",

@@ -117,7 +117,7 @@ def test_default_option() -> None:
 
 def test_body_shows_the_canary_figures_and_what_each_answer_does() -> None:
     rp = resolved(approval_default="approve", wave_concurrency=3)
-    text = body(rp, PASSED, "30m00s")
+    text = body(rp, PASSED, "30m00s", [("baz", "foo", "qux")])
     assert "| bar | success_rate | 0.9973 | 0.9900 | passed |" in text
     assert "| bar | p99_ms | 23.0 ms | 500.0 ms | passed |" in text
     assert "| bar | p99_ms | no data | 500.0 ms | no_data |" in text
