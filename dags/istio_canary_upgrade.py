@@ -65,15 +65,12 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pendulum
 from airflow.sdk import (
-    ExceptionRetryPolicy,
     Param,
-    RetryAction,
-    RetryRule,
     TriggerRule,
     Variable,
     dag,
@@ -86,13 +83,7 @@ from maintenance_window import MaintenanceWindowTimetable
 
 from istio_upgrade import config, tasks
 from istio_upgrade.deadline import WavesPaused, WindowClosed, failed_before
-from istio_upgrade.errors import (
-    NothingToDo,
-    ParamError,
-    RevisionInUse,
-    RolloutFailed,
-    WavesFailed,
-)
+from istio_upgrade.errors import NothingToDo
 from istio_upgrade.operators import (
     CanaryApproval,
     MetricGateSensor,
@@ -101,6 +92,7 @@ from istio_upgrade.operators import (
     record_timing,
 )
 from istio_upgrade.params import PARAM_SPECS, TARGET_VARIABLE
+from istio_upgrade.retry_policies import API_RETRY, ISTIOCTL_RETRY, NO_RETRY, WAIT
 
 T = TypeVar("T")
 
@@ -115,37 +107,6 @@ PARAMS = {
 WINDOWS = config.windows(os.environ)
 SCHEDULE = MaintenanceWindowTimetable(*WINDOWS) if WINDOWS else None
 DEFAULT_TARGET = config.default_target(os.environ)
-
-# Retries by what a task does. A refusal raised on purpose is a finding: never retried.
-FINDINGS_FAIL = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(
-            exception=[ParamError, RevisionInUse, RolloutFailed, WavesFailed],
-            action=RetryAction.FAIL,
-            reason="a finding about the params or the cluster, not a passing error",
-        )
-    ]
-)
-# Kubernetes API and Prometheus calls: a dropped connection, a 429 or 5xx passes in seconds.
-API_RETRY: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay": timedelta(seconds=10),
-    "retry_exponential_backoff": 2.0,  # a multiplier since Airflow 3 (True meant 1: constant)
-    "max_retry_delay": timedelta(minutes=2),
-    "retry_policy": FINDINGS_FAIL,
-}
-# istioctl install / tag set / uninstall: slow, and they wait for readiness themselves.
-ISTIOCTL_RETRY: dict[str, Any] = {
-    **API_RETRY,
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "max_retry_delay": timedelta(minutes=5),
-}
-# Validation, verifications, verdicts, waits with a deadline and human answers: the failure
-# is the finding (a retry would hide it, restart a deadline or ask the person again).
-NO_RETRY: dict[str, Any] = {"retries": 0}
-WAIT = {"poke_interval": 5, "timeout": 3600, "mode": "reschedule"}
-
 
 # The main steps whose durations the report lists, in order.
 STEPS = (
