@@ -226,8 +226,9 @@ PARAM_SPECS: Mapping[str, ParamSpec] = MappingProxyType(
             "",
             ["string", "null"],
             "Install overlay",
-            "Path of an IstioOperator overlay file passed to 'istioctl install -f'. Empty: "
-            "istioctl's defaults plus the revision.",
+            "Path of an IstioOperator overlay file on the Airflow worker, passed to "
+            "'istioctl install -f' (istioctl_runner 'local' only). Empty: istioctl's defaults "
+            "plus the revision.",
         ),
         "dry_run": ParamSpec(
             False,
@@ -459,6 +460,14 @@ def parse_params(raw: Mapping[str, Any]) -> UpgradeParams:
             "is a path, but istioctl_runner 'pod' runs istioctl from its image",
             "give a version such as '1.31.0' or leave it empty, or set istioctl_runner 'local'",
         )
+    overlay = _check_overlay(get.text("install_overlay"))
+    if runner == "pod" and overlay:
+        raise ParamError(
+            "install_overlay",
+            overlay,
+            "is a file on the Airflow worker, which the istioctl pod cannot read",
+            "leave it empty with istioctl_runner 'pod', or set istioctl_runner 'local'",
+        )
 
     return UpgradeParams(
         target_revision=target,
@@ -483,7 +492,7 @@ def parse_params(raw: Mapping[str, Any]) -> UpgradeParams:
         baseline_p99_ratio=get.number("baseline_p99_ratio", low=1.0),
         rollout_timeout_seconds=get.integer("rollout_timeout_seconds", minimum=1),
         install_profile=_check_profile(get.text("install_profile")),
-        install_overlay=_check_overlay(get.text("install_overlay")),
+        install_overlay=overlay,
         dry_run=get.flag("dry_run"),
         remove_new_revision_on_rollback=get.flag("remove_new_revision_on_rollback"),
         require_approval=get.flag("require_approval"),

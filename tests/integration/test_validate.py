@@ -59,6 +59,12 @@ BAD = [
     ),
     pytest.param({"istioctl_runner": "remote"}, "istioctl_runner", "'pod'", id="unknown-runner"),
     pytest.param(
+        {"istioctl_runner": "pod", "install_overlay": "/opt/overlay.yaml"},
+        "install_overlay",
+        "istioctl_runner 'local'",
+        id="pod-runner-with-worker-file",
+    ),
+    pytest.param(
         {"istioctl_runner": "pod", "istioctl_image": "docker.io/istio/istioctl:1.32.0"},
         "istioctl_image",
         "tag comes from",
