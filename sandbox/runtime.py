@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -169,6 +170,7 @@ class Runtime:
                 code = done.returncode
             except subprocess.TimeoutExpired:
                 code = 137  # what a container killed at its deadline reports
+        shutil.rmtree(home, ignore_errors=True)  # its token goes with the container
         log.info("pod=%s/%s exit=%d", ns, name, code)
         self._exit(ns, name, str(code))
 

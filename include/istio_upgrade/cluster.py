@@ -400,9 +400,14 @@ def delete_pod(kube: Kube, namespace: str, name: str) -> None:
 def pod_log(kube: Kube, namespace: str, name: str, container: str) -> str:
     """What a container printed (the kubelet keeps it until the pod is deleted)."""
     # Raw bytes: with content preloading the client json-decodes a log that looks like JSON.
-    resp = kube.core.read_namespaced_pod_log(
-        name, namespace, container=container, _preload_content=False
-    )
+    try:
+        resp = kube.core.read_namespaced_pod_log(
+            name, namespace, container=container, _preload_content=False
+        )
+    except ApiException as exc:
+        if exc.status in (400, 404):  # the container never started, or the pod is gone
+            return ""
+        raise
     return bytes(resp.data).decode(errors="replace")
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from istio_upgrade import cluster
@@ -86,7 +85,6 @@ class PodIstioctl:
     service_account: str = SERVICE_ACCOUNT
     poll_seconds: float = 2.0
     timeout_seconds: float = DEADLINE_SECONDS + START_ALLOWANCE_SECONDS
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
     def pod(self, *args: str) -> dict[str, Any]:
         return istioctl_pod(
@@ -152,7 +150,7 @@ class PodIstioctl:
                     f"mirror) and that {self.namespace} admits the pod, or use "
                     "istioctl_runner 'local'",
                 )
-            self.sleep(self.poll_seconds)
+            time.sleep(self.poll_seconds)
 
     def _delete(self, name: str) -> None:
         """Delete and wait until the name is free again (the retry creates the same name)."""
@@ -160,7 +158,7 @@ class PodIstioctl:
         for _ in range(int(60 / self.poll_seconds) + 1):
             if cluster.read_pod(self.kube, self.namespace, name) is None:
                 return
-            self.sleep(self.poll_seconds)
+            time.sleep(self.poll_seconds)
         raise ClusterStateError(
             f"pod {self.namespace}/{name}",
             "still there 60s after delete",
