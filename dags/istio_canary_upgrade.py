@@ -44,7 +44,8 @@ the tag on the target, each namespace wholly on one revision), the old revision 
 and the report says **paused: N namespaces left**. A paused run ends **success** with
 `conclude` skipped: nothing is broken and nobody needs to act (a failed run would alert and
 count towards auto-pausing the DAG); the next run continues where it stopped, skipping the
-namespaces already on the target.
+namespaces already on the target. Removing the old revision does not start after the window
+either: with every namespace moved, the run pauses the same way and the next one removes it.
 
 #### Approval
 With `require_approval`, `approve_canary` waits for a person (Required Actions in the UI,
@@ -338,7 +339,12 @@ def istio_canary_upgrade() -> None:
     @task(**ISTIOCTL_RETRY)
     @timed
     def uninstall_old(resolved: dict[str, Any]) -> bool:
-        return tasks.uninstall_old(resolved, _run_id())
+        try:
+            return tasks.uninstall_old(resolved, _run_id())
+        except WavesPaused as paused:
+            # The window ended: no change after it. The report reads why from this XCom.
+            get_current_context()["ti"].xcom_push("held", paused.reason)
+            raise AirflowSkipException(str(paused)) from paused
 
     @task.sensor(**WAIT, **API_RETRY)
     @timed
@@ -387,7 +393,8 @@ def istio_canary_upgrade() -> None:
         timings = {
             tid: t["seconds"] for tid in STEPS if (t := ti.xcom_pull(task_ids=tid, key="timing"))
         }
-        return tasks.final_report(resolved, pre, gate, timings, answer, _held())
+        removal_held = ti.xcom_pull(task_ids="uninstall_old", key="held")
+        return tasks.final_report(resolved, pre, gate, timings, answer, _held(), removal_held)
 
     @task(**NO_RETRY)
     def conclude(result: dict[str, Any]) -> str:

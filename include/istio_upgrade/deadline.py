@@ -16,6 +16,8 @@ Pure arithmetic over plain data (epoch seconds, as the tasks record them in XCom
 - A wave starts when the time left is at least that estimate. Once a namespace was held
   back, no later namespace of the run starts (the call is sticky): a wave never waits for an
   earlier namespace that will not move, and the mesh stops in its valid mixed state.
+- Removing the old revision is a change too: it does not start after the window ended.
+  Every namespace is on the target then, and the run pauses with the old revision kept.
 - A namespace whose earlier wave has a failed namespace does not start either: not a pause
   but a failure, reported at the end of the waves, and found at once instead of after the
   turn's sensor timeout.
@@ -50,7 +52,8 @@ class WindowClosed(UpgradeError):
 
 
 class WavesPaused(UpgradeError):
-    """The window left no room for the next wave: the run stops in a valid mixed state."""
+    """The window left no room for the next wave, or for removing the old revision: the run
+    stops in a valid mixed state."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -257,3 +260,13 @@ def failed_before(
         if state in FAILED_STATES and index.isdigit() and int(index) < len(items):
             failed.add(str(items[int(index)]["namespace"]))
     return sorted(failed & set(item["after"]))
+
+
+def removal_held(window_end: str | None, now: float, old: str, target: str) -> str | None:
+    """Why the old revision must not be removed now (its window is over), or None."""
+    if window_end is None or now < datetime.fromisoformat(window_end).timestamp():
+        return None
+    return (
+        f"every namespace runs {target}; the window ended at {window_end} before revision "
+        f"{old} was removed, so it is kept (unused) and the next run removes it"
+    )

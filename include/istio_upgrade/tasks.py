@@ -314,8 +314,14 @@ def check_old_unused(resolved: dict[str, Any]) -> str:
     return steps.check_unused(run.kube, run.current)
 
 
-def uninstall_old(resolved: dict[str, Any], run_id: str) -> bool:
+def uninstall_old(resolved: dict[str, Any], run_id: str, now: float | None = None) -> bool:
+    """Remove the old revision, unless the window ended (then WavesPaused, nothing changed)."""
     run = _run(resolved, run_id)
+    held = deadline.removal_held(
+        run.rp.window_end, time.time() if now is None else now, run.current, run.target
+    )
+    if held:
+        raise WavesPaused(held)
     return steps.uninstall(run.kube, run.istioctl, run.current)
 
 
@@ -360,12 +366,17 @@ def remove_new_revision(resolved: dict[str, Any], run_id: str) -> str:
 
 
 def phase_of(
-    snapshot: MeshSnapshot, rp: ResolvedParams, rolled_back: bool, held: Sequence[str] = ()
+    snapshot: MeshSnapshot,
+    rp: ResolvedParams,
+    rolled_back: bool,
+    held: Sequence[str] = (),
+    removal_held: bool = False,
 ) -> UpgradePhase:
     """Where the mesh stands, read from the cluster rather than from which tasks ran.
 
-    PAUSED needs both: namespaces held back by the window, and no other namespace of the run
-    off the target (one that started and did not arrive means a failure, not a pause).
+    PAUSED needs both: namespaces held back by the window (or, with every namespace moved,
+    the old revision's removal held back), and no other namespace of the run off the target
+    (one that started and did not arrive means a failure, not a pause).
     """
     tag = snapshot.tag(rp.tag)
     on_target = tag is not None and tag.revision == rp.target_revision
@@ -379,6 +390,8 @@ def phase_of(
             if ns.name in rp.namespaces and not progress.on_revision(ns, rp.target_revision)
         ]
         if held and deadline.waves_outcome(left, held) is Outcome.PAUSED:
+            return UpgradePhase.PAUSED
+        if removal_held and not left:
             return UpgradePhase.PAUSED
         return UpgradePhase.CANARY
     if rolled_back:
@@ -395,15 +408,23 @@ def final_report(
     timings: dict[str, float],
     answer: dict[str, Any] | None = None,
     held: Sequence[Mapping[str, Any]] = (),
+    removal_held: str | None = None,
 ) -> dict[str, Any]:
-    """The run report: revisions per namespace before/after, timings, metric figures, phase."""
+    """The run report: revisions per namespace before/after, timings, metric figures, phase.
+
+    `held` are the namespaces the window held back, `removal_held` why the old revision was
+    not removed (uninstall_old's WavesPaused), if so.
+    """
     run = _run(resolved)
     after = cluster.snapshot(run.kube)
     result = approval.verdict(run.rp.params.require_approval, gate, answer)
     rolled_back = gate is not None and not result.proceed
-    phase = phase_of(after, run.rp, rolled_back, [str(h["namespace"]) for h in held])
+    held_names = [str(h["namespace"]) for h in held]
+    phase = phase_of(after, run.rp, rolled_back, held_names, removal_held is not None)
     if phase is UpgradePhase.COMPLETED:
         reason = f"every namespace runs {run.target}; revision {run.current} removed"
+    elif phase is UpgradePhase.PAUSED and removal_held and not held_names:
+        reason = removal_held
     elif phase is UpgradePhase.PAUSED:
         left = [
             ns.name

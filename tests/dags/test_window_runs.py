@@ -19,7 +19,8 @@ from dag_runs import (
 )
 from sandbox_fixture import Sandbox
 
-from istio_upgrade import cluster
+from istio_upgrade import cluster, tasks
+from istio_upgrade.deadline import WavesPaused
 
 pytestmark = pytest.mark.sandbox
 
@@ -109,3 +110,20 @@ def test_a_run_that_starts_after_its_window_ended_changes_nothing(
     assert str(dr.state) == "success", run
     assert run["validate"] == "skipped" and run["precheck"] == "skipped", run
     assert resource_versions(box) == before
+
+
+def test_the_old_revision_is_not_removed_after_the_window_ended(seeded: Sandbox) -> None:
+    """uninstall_old as the DAG calls it, an instant after the window: nothing is removed."""
+    start = datetime.now(UTC)
+    resolved = tasks.validate(
+        fast_params(seeded, window_minutes=1),
+        variable_target=None,
+        configured_target="",
+        run_start=start,
+        interval_start=None,
+        interval_end=None,
+    )
+    with pytest.raises(WavesPaused) as paused:
+        tasks.uninstall_old(resolved, "it-window-over", now=start.timestamp() + 61)
+    assert "kept" in paused.value.reason
+    assert cluster.revision_objects(seeded.kube(), seeded.old_revision), "removed after the window"

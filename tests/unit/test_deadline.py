@@ -21,6 +21,7 @@ from istio_upgrade.deadline import (
     estimate,
     failed_before,
     paused_reason,
+    removal_held,
     wave_seconds,
     waves_outcome,
     window_end,
@@ -219,3 +220,12 @@ def test_failed_before_names_failed_namespaces_of_earlier_waves(
     states: dict[str, str], item: dict[str, Any], failed: list[str]
 ) -> None:
     assert failed_before(item, WAVES, states) == failed
+
+
+def test_removal_is_held_once_the_window_ended() -> None:
+    end = "2026-03-03T03:00:00+00:00"
+    at_end = datetime.fromisoformat(end).timestamp()
+    assert removal_held(None, at_end, "1-31-0", "1-32-0") is None
+    assert removal_held(end, at_end - 1, "1-31-0", "1-32-0") is None
+    held = removal_held(end, at_end, "1-31-0", "1-32-0")
+    assert held is not None and "1-31-0" in held and end in held

@@ -13,10 +13,12 @@ from istio_upgrade.model import (
     NamespaceState,
     PodState,
     RevisionTag,
+    UpgradePhase,
     WorkloadRef,
 )
 from istio_upgrade.params import check_against_cluster, parse_params
 from istio_upgrade.plan import NamespacePlan, UpgradePlan, build_plan, plan_namespace, render_plan
+from istio_upgrade.tasks import phase_of
 
 OLD, NEW = "1-14-6", "1-15-4"
 
@@ -236,3 +238,43 @@ def test_render_plan_shows_done_steps_skips_and_warnings() -> None:
     assert "wave 1: foo: restart deployment/foo\n" in text
     assert "Already on 1-15-4 (not restarted):\n  istio-ingress\n" in text
     assert "Warnings:\n  namespace jobs: pods once have no controller" in text
+
+
+# -- where a run ended (tasks.phase_of) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("after", "removal_held", "phase"),
+    [
+        pytest.param(
+            mesh(*(app(n, NEW) for n in ("foo", "bar")), planes=(OLD, NEW), tag=NEW),
+            True,
+            UpgradePhase.PAUSED,
+            id="all-moved-removal-held",
+        ),
+        pytest.param(
+            mesh(*(app(n, NEW) for n in ("foo", "bar")), planes=(OLD, NEW), tag=NEW),
+            False,
+            UpgradePhase.CANARY,
+            id="all-moved-removal-failed",
+        ),
+        pytest.param(
+            mesh(app("foo", NEW), app("bar", OLD), planes=(OLD, NEW), tag=NEW),
+            True,
+            UpgradePhase.CANARY,
+            id="one-left-is-no-pause",
+        ),
+        pytest.param(
+            mesh(*(app(n, NEW) for n in ("foo", "bar")), planes=(NEW,), tag=NEW),
+            False,
+            UpgradePhase.COMPLETED,
+            id="removed",
+        ),
+    ],
+)
+def test_phase_pauses_on_a_held_removal_only_with_every_namespace_moved(
+    after: MeshSnapshot, removal_held: bool, phase: UpgradePhase
+) -> None:
+    before = mesh(app("foo", OLD), app("bar", OLD))
+    rp = check_against_cluster(parse_params({"target_revision": NEW}), before)
+    assert phase_of(after, rp, rolled_back=False, removal_held=removal_held) is phase
