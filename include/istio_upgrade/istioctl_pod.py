@@ -157,25 +157,14 @@ def istioctl_pod(
     }
 
 
-def kpo_kwargs(
-    args: Sequence[str],
-    version: str,
-    namespace: str = NAMESPACE,
-    service_account: str = SERVICE_ACCOUNT,
-    name_prefix: str = NAME_PREFIX,
-    *,
-    key: str = "",
-    repository: str = IMAGE_REPOSITORY,
-) -> dict[str, Any]:
-    """Keyword arguments for the cncf.kubernetes KubernetesPodOperator running the same pod.
+def kpo_kwargs(pod: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for the cncf.kubernetes KubernetesPodOperator running `pod`
+    (from `istioctl_pod`).
 
-    The operator's own fields (image, arguments, name, ...) come from `istioctl_pod`, and the
-    rest of that pod (resources, volumes, pod security context, deadline) rides along as
+    The operator's own fields (image, arguments, name, ...) come from the pod, and the rest
+    of it (resources, volumes, pod security context, deadline) rides along as
     `pod_template_dict`, which the operator merges under its own fields.
     """
-    pod = istioctl_pod(
-        args, version, namespace, service_account, name_prefix, key=key, repository=repository
-    )
     container = pod["spec"]["containers"][0]
     return {
         "image": container["image"],

@@ -139,12 +139,12 @@ def test_bad_input_is_refused_with_the_fix(args: Any, version: str, param: str) 
 
 def test_kpo_kwargs_are_real_operator_parameters() -> None:
     params = inspect.signature(KubernetesPodOperator.__init__).parameters
-    unknown = set(kpo_kwargs(PRECHECK, "1.31.0")) - set(params)
+    unknown = set(kpo_kwargs(istioctl_pod(PRECHECK, "1.31.0"))) - set(params)
     assert not unknown, f"KubernetesPodOperator has no parameter(s) {sorted(unknown)}"
 
 
 def test_kpo_builds_the_same_pod() -> None:
-    kwargs = kpo_kwargs(TAG_SET, "1.31.0", key="run-1")
+    kwargs = kpo_kwargs(istioctl_pod(TAG_SET, "1.31.0", key="run-1"))
     op = KubernetesPodOperator(task_id="tag_set", **kwargs)
     assert op.get_logs is True
     assert op.on_finish_action.value == "delete_succeeded_pod"
