@@ -121,9 +121,6 @@ class Istioctl:
         )
         return result
 
-    def version(self) -> str:
-        return self.run("version", "--remote=false", "--short").stdout.strip()
-
 
 def precheck_args() -> tuple[str, ...]:
     return ("x", "precheck")
