@@ -74,6 +74,7 @@ from airflow.sdk import (
     Param,
     TriggerRule,
     Variable,
+    conf,
     dag,
     get_current_context,
     task,
@@ -83,12 +84,14 @@ from airflow.sdk.exceptions import AirflowSkipException
 from maintenance_window import MaintenanceWindowTimetable
 
 from istio_upgrade import config, tasks
-from istio_upgrade.deadline import WavesPaused, WindowClosed, failed_before
+from istio_upgrade.deadline import WavesPaused, WindowClosed
 from istio_upgrade.errors import NothingToDo
 from istio_upgrade.operators import (
     CanaryApproval,
     MetricGateSensor,
+    NamespaceUpgrade,
     RolloutSensor,
+    failed_tasks,
     pull_all,
     record_timing,
 )
@@ -134,6 +137,13 @@ STEPS = (
 )
 
 
+BRANCHES = {
+    tasks.Decision.CONTINUE: ["remaining_namespaces"],
+    tasks.Decision.ROLLBACK: ["rollback.move_tag_back"],
+    tasks.Decision.STOP: [],
+}
+
+
 def timed(fn: Callable[..., T]) -> Callable[..., T]:
     """Record the task's duration for the report (wraps the function before @task)."""
 
@@ -153,24 +163,9 @@ def _run_id() -> str:
     return str(get_current_context()["run_id"])
 
 
-def _name_map_index(namespace: str) -> None:
-    # map_index_template reads this, so the UI lists mapped instances by namespace.
-    get_current_context()["namespace"] = namespace  # type: ignore[typeddict-unknown-key]
-
-
-def _held() -> list[dict[str, Any]]:
-    """The namespaces of this run held back by the window (pushed by wait_turn)."""
-    return pull_all(get_current_context(), "upgrade_namespace.wait_turn", "held")
-
-
-def _failed_earlier(item: dict[str, Any]) -> list[str]:
-    """Namespaces of earlier waves whose upgrade_namespace tasks failed in this run."""
-    ti = get_current_context()["ti"]
-    states = ti.get_task_states(
-        dag_id=ti.dag_id, task_group_id="upgrade_namespace", run_ids=[ti.run_id]
-    )
-    items = ti.xcom_pull(task_ids="remaining_namespaces") or []
-    return failed_before(item, items, states.get(ti.run_id, {}))
+def _outcomes() -> list[dict[str, Any]]:
+    """How each namespace of the waves ended (XCom `outcome` of every upgrade_namespace)."""
+    return pull_all(get_current_context(), "upgrade_namespace", "outcome")
 
 
 @dag(
@@ -255,70 +250,22 @@ def istio_canary_upgrade() -> None:
     def verify_canary(resolved: dict[str, Any], restart: dict[str, Any]) -> dict[str, Any]:
         return tasks.verify_namespaces(resolved, restart=restart)
 
-    @task.branch(trigger_rule=TriggerRule.NONE_FAILED, **NO_RETRY)
+    @task.branch(trigger_rule=TriggerRule.ALL_DONE, **NO_RETRY)
     def decide(
-        resolved: dict[str, Any], gate: dict[str, Any] | None, answer: dict[str, Any] | None
-    ) -> str:
-        # NONE_FAILED: the approval is skipped when not required (or the gate failed)
-        proceed = tasks.decide(resolved, gate, answer)
-        return "remaining_namespaces" if proceed else "rollback.move_tag_back"
+        resolved: dict[str, Any] | None,
+        gate: dict[str, Any] | None,
+        answer: dict[str, Any] | None,
+    ) -> list[str]:
+        # ALL_DONE: a failure before the decision must still reach the rollback
+        context = get_current_context()
+        failed = failed_tasks(context, context["task"].get_flat_relative_ids(upstream=True))
+        decision, _ = tasks.decide(resolved, gate, answer, failed)
+        return BRANCHES[decision]
 
     @task(**API_RETRY)
     @timed
     def remaining_namespaces(resolved: dict[str, Any]) -> list[dict[str, Any]]:
-        return tasks.remaining_waves(resolved)
-
-    @task_group
-    def upgrade_namespace(item: dict[str, Any], resolved: dict[str, Any]) -> None:
-        @task.sensor(map_index_template="{{ namespace }}", **WAIT, **API_RETRY)
-        def wait_turn(item: dict[str, Any], resolved: dict[str, Any]) -> bool:
-            # First a failed earlier wave (stop, do not wait out the timeout), then the window
-            # (would this wave still fit?), then the turn (earlier waves done). Held back:
-            # record why and skip, which skips this namespace's restart.
-            _name_map_index(item["namespace"])
-            failed = _failed_earlier(item)
-            if failed:
-                # Not "held": finish_waves then fails the run and names this namespace too.
-                raise AirflowSkipException(
-                    f"not started: {', '.join(failed)} of an earlier wave failed; fix it, then "
-                    "clear the failed and skipped upgrade_namespace tasks"
-                )
-            context = get_current_context()
-            verified = [
-                *pull_all(context, "verify_canary"),
-                *pull_all(context, "upgrade_namespace.verify"),
-            ]
-            call = tasks.wave_call(
-                resolved, item, [v["span"] for v in verified if v.get("span")], _held()
-            )
-            if call["call"] != "start":
-                context["ti"].xcom_push("held", call)
-                raise AirflowSkipException(f"held back: {call['reason']}")
-            return tasks.turn_reached(resolved, item)
-
-        @task(map_index_template="{{ namespace }}", multiple_outputs=True, **API_RETRY)
-        def restart(item: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
-            _name_map_index(item["namespace"])
-            return tasks.restart_namespaces(resolved, _run_id(), [item["namespace"]])
-
-        @task(map_index_template="{{ namespace }}", **NO_RETRY)
-        def verify(
-            item: dict[str, Any], resolved: dict[str, Any], restart: dict[str, Any]
-        ) -> dict[str, Any]:
-            _name_map_index(item["namespace"])
-            return tasks.verify_namespaces(
-                resolved, [item["namespace"]], wave=item["wave"], restart=restart
-            )
-
-        restarted = restart(item, resolved)
-        waited = RolloutSensor(
-            task_id="wait_rollout",
-            workloads=restarted["workloads"],
-            resolved=resolved,
-            map_index_template="{{ task.workloads[0]['namespace'] if task.workloads else '' }}",
-            **NO_RETRY,
-        )
-        wait_turn(item, resolved) >> restarted >> waited >> verify(item, resolved, restarted)
+        return tasks.remaining_waves(resolved, conf.getint("core", "max_map_length"))
 
     @task(trigger_rule=TriggerRule.ALL_DONE, **API_RETRY)
     def finish_waves(resolved: dict[str, Any], remaining: list[dict[str, Any]] | None) -> Any:
@@ -326,7 +273,7 @@ def istio_canary_upgrade() -> None:
         if remaining is None:
             raise AirflowSkipException("no waves in this run (rolled back or stopped before)")
         try:
-            return tasks.finish_waves(resolved, _held())
+            return tasks.finish_waves(resolved, _outcomes())
         except WavesPaused as paused:
             # Skips check_old_unused and the uninstall after it: the old revision stays.
             raise AirflowSkipException(str(paused)) from paused
@@ -394,12 +341,17 @@ def istio_canary_upgrade() -> None:
             tid: t["seconds"] for tid in STEPS if (t := ti.xcom_pull(task_ids=tid, key="timing"))
         }
         removal_held = ti.xcom_pull(task_ids="uninstall_old", key="held")
-        return tasks.final_report(resolved, pre, gate, timings, answer, _held(), removal_held)
+        failed = failed_tasks(get_current_context())
+        rollback_ran = ti.xcom_pull(task_ids="rollback.move_tag_back") is not None
+        return tasks.final_report(
+            resolved, pre, gate, timings, answer, _outcomes(), removal_held, failed, rollback_ran
+        )
 
-    @task(**NO_RETRY)
-    def conclude(result: dict[str, Any]) -> str:
+    @task(trigger_rule=TriggerRule.ALL_DONE, **NO_RETRY)
+    def conclude(result: dict[str, Any] | None) -> str:
+        # ALL_DONE: the run is green only when nothing in it failed (see tasks.conclude)
         try:
-            return tasks.conclude(result)
+            return tasks.conclude(result, failed_tasks(get_current_context()))
         except WavesPaused as paused:
             # A pause ends the run green, this task skipped: see "Windows and pauses" above.
             raise AirflowSkipException(str(paused)) from paused
@@ -441,7 +393,15 @@ def istio_canary_upgrade() -> None:
     branch = decide(resolved, gate.output, approve.output)
 
     remaining = remaining_namespaces(resolved)
-    upgraded = upgrade_namespace.partial(resolved=resolved).expand(item=remaining)
+    # One task per namespace, named by it; waiting, restarting and verifying all happen in
+    # its trigger (docs/fan-out.md), so the waves hold no worker slot.
+    upgraded = NamespaceUpgrade.partial(
+        task_id="upgrade_namespace",
+        resolved=resolved,
+        canary=canary_ok,
+        map_index_template="{{ task.item['namespace'] }}",
+        **API_RETRY,
+    ).expand(item=remaining)
     waves_done = finish_waves(resolved, remaining)
     removed = wait_old_removed(resolved)
     branch >> remaining

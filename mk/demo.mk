@@ -34,4 +34,4 @@ browser-deps:
 	    --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
 
 browser-test: setup browser-deps
-	$(DEMO_ENV) $(PY) -m pytest tests/browser
+	$(DEMO_ENV) $(PY) -m pytest tests/standalone/test_ui.py

@@ -140,16 +140,15 @@ def sandbox_env_vars(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith("SANDBOX_")}
 
 
-def sandbox_up(env: dict[str, str]) -> dict[str, str]:
+def sandbox_up(env: dict[str, str], extra_namespaces: int = 0) -> dict[str, str]:
     """Start the sandbox and converge it to the seeded state (old revision everywhere).
 
     `up --seed` is idempotent and also undoes an earlier demo: with the mesh already on the
     new revision it re-installs the old one, moves the tag back, restarts and removes the new
     revision, as `sandbox/sandbox reset` does.
     """
-    out = subprocess.run(
-        [SANDBOX, "up", "--seed"], env=env, stdout=subprocess.PIPE, text=True, check=False
-    )
+    argv = [SANDBOX, "up", "--seed", "--extra-namespaces", str(extra_namespaces)]
+    out = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, check=False)
     if out.returncode != 0:
         raise DemoError(f"sandbox/sandbox up --seed exited {out.returncode} (its log is above)")
     return parse_exports(out.stdout)
@@ -277,8 +276,14 @@ class Api:
         return dict(self.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"))
 
     def task_instances(self, run_id: str) -> list[dict[str, Any]]:
-        out = self.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", limit=500)
-        return list(out["task_instances"])
+        """Every task instance of the run (pages of 100: a run may map 1,000 namespaces)."""
+        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances"
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.call("GET", path, limit=100, offset=len(found))
+            found += page["task_instances"]
+            if not page["task_instances"] or len(found) >= int(page["total_entries"]):
+                return found
 
     def xcom(self, run_id: str, task_id: str, key: str = "return_value") -> Any:
         out = self.call(
@@ -345,8 +350,8 @@ def label(ti: dict[str, Any]) -> str:
 
 @dataclass
 class Follower:
-    """Prints each step once when it starts and once when it ends, each namespace when its
-    mapped group is through, and why a task failed (from its log)."""
+    """Prints each step once when it starts and once when it ends (a mapped namespace once,
+    when it ends, by its name), and why a task failed (from its log)."""
 
     out: TextIO
     explain: Callable[[dict[str, Any]], str] = lambda _ti: ""
@@ -354,7 +359,6 @@ class Follower:
     started: set[str] = field(default_factory=set)
     ended: set[str] = field(default_factory=set)
     not_run: set[str] = field(default_factory=set)
-    namespaces_done: set[str] = field(default_factory=set)
 
     def line(self, text: str) -> None:
         print(f"  {time.monotonic() - self.t0:5.0f}s  {text}", file=self.out, flush=True)
@@ -374,7 +378,7 @@ class Follower:
             if state == "success":
                 took = ti.get("duration")
                 self.line(f"ok  {label(ti)}" + (f" ({took:.1f}s)" if took else ""))
-            elif state == "skipped" and not mapped:
+            elif state == "skipped":
                 self.line(f"--  {label(ti)} skipped")
             elif state == "upstream_failed":
                 self.not_run.add(label(ti))  # summed up at the end, not one line each
@@ -383,27 +387,10 @@ class Follower:
                 why = self.explain(ti)
                 if why:
                     self.line(f"    {why}")
-        self._namespaces(tis)
 
     def finish(self) -> None:
         if self.not_run:
             self.line(f"--  {len(self.not_run)} steps not run (upstream failed)")
-
-    def _namespaces(self, tis: list[dict[str, Any]]) -> None:
-        by_index: dict[int, dict[str, dict[str, Any]]] = {}
-        for ti in tis:
-            if ti["task_id"].startswith("upgrade_namespace.") and ti["map_index"] >= 0:
-                step = ti["task_id"].split(".", 1)[1]
-                by_index.setdefault(ti["map_index"], {})[step] = ti
-        for steps in by_index.values():
-            verify = steps.get("verify")
-            if not verify or verify.get("state") not in TERMINAL:
-                continue
-            name = verify.get("rendered_map_index") or f"#{verify['map_index']}"
-            if name not in self.namespaces_done:
-                self.namespaces_done.add(name)
-                verdict = "upgraded" if verify["state"] == "success" else verify["state"].upper()
-                self.line(f"==  namespace {name}: {verdict}")
 
 
 def failure_of(api: Api, run_id: str, ti: dict[str, Any]) -> str:
@@ -520,12 +507,13 @@ def running_stack(demo: Demo) -> Stack | None:
     return Stack(demo, parse_exports(out.stdout), state.airflow_pid)
 
 
-def bring_up(demo: Demo, env: dict[str, str] | None = None) -> Stack:
-    """Sandbox seeded, Airflow standalone up with the DAG parsed; nothing triggered yet."""
+def bring_up(demo: Demo, env: dict[str, str] | None = None, extra_namespaces: int = 0) -> Stack:
+    """Sandbox seeded (with `extra_namespaces` more meshed namespaces), Airflow standalone up
+    with the DAG parsed; nothing triggered yet."""
     env = dict(os.environ if env is None else env)
     demo.home.mkdir(parents=True, exist_ok=True)
     with timer("sandbox up and seeded"):
-        box = sandbox_up(env)
+        box = sandbox_up(env, extra_namespaces)
     with timer("airflow ready"):
         pid = start_airflow(demo, airflow_env(demo, box, env))
         State(pid, demo.port, box["SANDBOX_HOME"], sandbox_env_vars(env)).save(demo)

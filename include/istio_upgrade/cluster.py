@@ -9,10 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
-
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from typing import TYPE_CHECKING, Any
 
 from istio_upgrade.model import (
     INJECTION_LABEL,
@@ -29,10 +26,19 @@ from istio_upgrade.model import (
     proxy_version,
 )
 
+if TYPE_CHECKING:
+    from kubernetes import client
+
+# The Kubernetes client costs more to import than the rest of the DAG file together: it is
+# imported where a call needs it, so parsing the DAG (every task start, every DAG-processor
+# pass) does not pay for it.
+
 log = logging.getLogger(__name__)
 
 ISTIO_NAMESPACE = "istio-system"
 RESTART_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
+# Seconds one API request may take (connect and read): a hung call fails, it never hangs a task.
+REQUEST_TIMEOUT = 30
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 
 
@@ -44,14 +50,20 @@ class Kube:
 
     @cached_property
     def core(self) -> client.CoreV1Api:
+        from kubernetes import client
+
         return client.CoreV1Api(self.api)
 
     @cached_property
     def apps(self) -> client.AppsV1Api:
+        from kubernetes import client
+
         return client.AppsV1Api(self.api)
 
     @cached_property
     def admission(self) -> client.AdmissionregistrationV1Api:
+        from kubernetes import client
+
         return client.AdmissionregistrationV1Api(self.api)
 
 
@@ -77,7 +89,7 @@ class KubeTarget:
 
 def connect(target: KubeTarget) -> Kube:
     """A Kube for a target: in-cluster credentials or a kubeconfig file."""
-    from kubernetes import config
+    from kubernetes import client, config
 
     if target.in_cluster:
         cfg = client.Configuration()
@@ -180,16 +192,10 @@ def _meshed(labels: dict[str, str]) -> bool:
     return REV_LABEL in labels or INJECTION_LABEL in labels
 
 
-def namespace_states(kube: Kube, names: Iterable[str] | None = None) -> tuple[NamespaceState, ...]:
-    """Meshed namespaces and those running injected pods (or exactly `names`), in name order.
-
-    Lists each kind once for the whole cluster so a mesh of hundreds of namespaces costs a
-    handful of requests, not a few per namespace.
-    """
-    wanted = set(names) if names is not None else None
-    nss = {n.metadata.name: dict(n.metadata.labels or {}) for n in kube.core.list_namespace().items}
-    rs_owner: dict[tuple[str, str], WorkloadRef] = {}
-    for rs in kube.apps.list_replica_set_for_all_namespaces().items:
+def _rs_owners(replica_sets: Iterable[Any]) -> dict[tuple[str, str], WorkloadRef]:
+    """ReplicaSet (namespace, name) -> the Deployment that controls it."""
+    owners: dict[tuple[str, str], WorkloadRef] = {}
+    for rs in replica_sets:
         dep = next(
             (
                 r
@@ -199,9 +205,21 @@ def namespace_states(kube: Kube, names: Iterable[str] | None = None) -> tuple[Na
             None,
         )
         if dep is not None:
-            rs_owner[(rs.metadata.namespace, rs.metadata.name)] = WorkloadRef(
+            owners[(rs.metadata.namespace, rs.metadata.name)] = WorkloadRef(
                 "Deployment", rs.metadata.namespace, dep.name
             )
+    return owners
+
+
+def namespace_states(kube: Kube, names: Iterable[str] | None = None) -> tuple[NamespaceState, ...]:
+    """Meshed namespaces and those running injected pods (or exactly `names`), in name order.
+
+    Lists each kind once for the whole cluster so a mesh of hundreds of namespaces costs a
+    handful of requests, not a few per namespace.
+    """
+    wanted = set(names) if names is not None else None
+    nss = {n.metadata.name: dict(n.metadata.labels or {}) for n in kube.core.list_namespace().items}
+    rs_owner = _rs_owners(kube.apps.list_replica_set_for_all_namespaces().items)
     pods: dict[str, list[PodState]] = defaultdict(list)
     for pod in kube.core.list_pod_for_all_namespaces().items:
         pods[pod.metadata.namespace].append(pod_state(pod, rs_owner))
@@ -236,6 +254,61 @@ def namespace_states(kube: Kube, names: Iterable[str] | None = None) -> tuple[Na
     )
 
 
+@dataclass(frozen=True)
+class NamespaceView:
+    """One namespace as a wave's trigger reads it: pods, workloads, restart stamps, rollouts."""
+
+    state: NamespaceState  # labels are not read (the plan already chose the namespace)
+    stamps: dict[WorkloadRef, str | None]  # the restartedAt annotation of each pod template
+    rollouts: dict[WorkloadRef, RolloutState]
+
+
+def _list_workloads(kube: Kube, namespace: str, kind: str) -> list[Any]:
+    lister = {
+        "Deployment": kube.apps.list_namespaced_deployment,
+        "StatefulSet": kube.apps.list_namespaced_stateful_set,
+        "DaemonSet": kube.apps.list_namespaced_daemon_set,
+    }[kind]
+    items = list(lister(namespace, _request_timeout=REQUEST_TIMEOUT).items)
+    for obj in items:
+        obj.kind = kind  # list items come without their kind
+    return items
+
+
+def namespace_view(kube: Kube, namespace: str) -> NamespaceView:
+    """Read one namespace with namespaced lists: five requests, whatever the cluster's size."""
+    rs_owner = _rs_owners(
+        kube.apps.list_namespaced_replica_set(namespace, _request_timeout=REQUEST_TIMEOUT).items
+    )
+    pods = kube.core.list_namespaced_pod(namespace, _request_timeout=REQUEST_TIMEOUT).items
+    objects = [o for kind in WORKLOAD_KINDS for o in _list_workloads(kube, namespace, kind)]
+    refs = {WorkloadRef(o.kind, namespace, o.metadata.name): o for o in objects}
+    state = NamespaceState(
+        name=namespace,
+        workloads=tuple(sorted(refs, key=lambda w: (w.kind, w.name))),
+        pods=tuple(sorted((pod_state(p, rs_owner) for p in pods), key=lambda p: p.name)),
+    )
+    return NamespaceView(
+        state=state,
+        stamps={
+            ref: (o.spec.template.metadata.annotations or {}).get(RESTART_ANNOTATION)
+            for ref, o in refs.items()
+        },
+        rollouts={ref: rollout_state(o) for ref, o in refs.items()},
+    )
+
+
+def workload_rollouts(
+    kube: Kube, namespace: str, kinds: Iterable[str]
+) -> dict[WorkloadRef, RolloutState]:
+    """Rollout status of every workload of the given kinds in one namespace (a list per kind)."""
+    return {
+        WorkloadRef(o.kind, namespace, o.metadata.name): rollout_state(o)
+        for kind in sorted(set(kinds))
+        for o in _list_workloads(kube, namespace, kind)
+    }
+
+
 def snapshot(kube: Kube) -> MeshSnapshot:
     """Control planes, tags and meshed namespaces as they are now."""
     return MeshSnapshot(
@@ -265,7 +338,7 @@ def _patch(kube: Kube, ref: WorkloadRef, body: dict[str, Any]) -> None:
         "StatefulSet": kube.apps.patch_namespaced_stateful_set,
         "DaemonSet": kube.apps.patch_namespaced_daemon_set,
     }[ref.kind]
-    patch(ref.name, ref.namespace, body)
+    patch(ref.name, ref.namespace, body, _request_timeout=REQUEST_TIMEOUT)
 
 
 def restart(kube: Kube, ref: WorkloadRef, stamp: str) -> bool:
@@ -278,12 +351,17 @@ def restart(kube: Kube, ref: WorkloadRef, stamp: str) -> bool:
     annotations = obj.spec.template.metadata.annotations or {}
     if annotations.get(RESTART_ANNOTATION) == stamp:
         return False
+    stamp_restart(kube, ref, stamp)
+    return True
+
+
+def stamp_restart(kube: Kube, ref: WorkloadRef, stamp: str) -> None:
+    """Write the restart stamp into the pod template: one PATCH, a no-op when already there."""
     body = {"spec": {"template": {"metadata": {"annotations": {RESTART_ANNOTATION: stamp}}}}}
     _patch(kube, ref, body)
     log.info(
         "restarted kind=%s namespace=%s name=%s stamp=%s", ref.kind, ref.namespace, ref.name, stamp
     )
-    return True
 
 
 @dataclass(frozen=True)
@@ -342,6 +420,8 @@ def rollout_state(obj: Any) -> RolloutState:
 
 
 def rollout_states(kube: Kube, refs: Iterable[WorkloadRef]) -> list[RolloutState]:
+    from kubernetes.client.exceptions import ApiException
+
     states = []
     for ref in refs:
         try:
@@ -368,6 +448,8 @@ def rollout_states(kube: Kube, refs: Iterable[WorkloadRef]) -> list[RolloutState
 
 def read_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
     """A pod as its JSON dict (camelCase, as the API serves it), or None when there is none."""
+    from kubernetes.client.exceptions import ApiException
+
     try:
         pod = kube.core.read_namespaced_pod(name, namespace)
     except ApiException as exc:
@@ -379,6 +461,8 @@ def read_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
 
 def create_pod(kube: Kube, body: dict[str, Any]) -> bool:
     """Create a pod; False when one of that name already exists (a retry raced us)."""
+    from kubernetes.client.exceptions import ApiException
+
     try:
         kube.core.create_namespaced_pod(body["metadata"]["namespace"], body)
     except ApiException as exc:
@@ -390,6 +474,8 @@ def create_pod(kube: Kube, body: dict[str, Any]) -> bool:
 
 def delete_pod(kube: Kube, namespace: str, name: str) -> None:
     """Delete a pod; one already gone is fine."""
+    from kubernetes.client.exceptions import ApiException
+
     try:
         kube.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
     except ApiException as exc:
@@ -400,6 +486,8 @@ def delete_pod(kube: Kube, namespace: str, name: str) -> None:
 def pod_log(kube: Kube, namespace: str, name: str, container: str) -> str:
     """What a container printed (the kubelet keeps it until the pod is deleted)."""
     # Raw bytes: with content preloading the client json-decodes a log that looks like JSON.
+    from kubernetes.client.exceptions import ApiException
+
     try:
         resp = kube.core.read_namespaced_pod_log(
             name, namespace, container=container, _preload_content=False
@@ -412,6 +500,8 @@ def pod_log(kube: Kube, namespace: str, name: str, container: str) -> str:
 
 
 def service_account_exists(kube: Kube, namespace: str, name: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
     try:
         kube.core.read_namespaced_service_account(name, namespace)
     except ApiException as exc:

@@ -19,8 +19,7 @@ Pure arithmetic over plain data (epoch seconds, as the tasks record them in XCom
 - Removing the old revision is a change too: it does not start after the window ended.
   Every namespace is on the target then, and the run pauses with the old revision kept.
 - A namespace whose earlier wave has a failed namespace does not start either: not a pause
-  but a failure, reported at the end of the waves, and found at once instead of after the
-  turn's sensor timeout.
+  but a failure, reported at the end of the waves (see `waves`).
 """
 
 from __future__ import annotations
@@ -223,13 +222,14 @@ def waves_outcome(not_on_target: Sequence[str], held_back: Iterable[str]) -> Out
     return Outcome.FAILED
 
 
-def paused_reason(left: Sequence[str], calls: Sequence[Mapping[str, Any]]) -> str:
+def paused_reason(left: Sequence[str], reasons: Sequence[str]) -> str:
     """Why a paused run stopped: "2 namespaces left (foo, qux): <the first hold's reason>".
 
-    The report prints it after "Phase: paused: "; the skip message after "paused: ".
+    `reasons` are those of the holds, in wave order. The report prints it after
+    "Phase: paused: "; the skip message after "paused: ".
     """
     names = ", ".join(sorted(left))
-    reasons = [str(c["reason"]) for c in calls if c.get("reason")]
+    reasons = [r for r in reasons if r]
     # the hold that compared time left with a wave, rather than a sticky one that followed it
     why = next((r for r in reasons if "earlier namespace" not in r), None)
     why = why or next(iter(reasons), "the window ended")
@@ -238,28 +238,6 @@ def paused_reason(left: Sequence[str], calls: Sequence[Mapping[str, Any]]) -> st
         "the mesh is in a valid mixed state (tag on the target, old revision kept); the next "
         "run continues from here"
     )
-
-
-FAILED_STATES = frozenset({"failed", "upstream_failed"})
-
-
-def failed_before(
-    item: Mapping[str, Any],
-    items: Sequence[Mapping[str, Any]],
-    states: Mapping[str, str | None],
-) -> list[str]:
-    """The namespaces of earlier waves whose upgrade failed in this run.
-
-    `items` are the mapped namespaces in map order (remaining_waves); `states` the states of
-    the upgrade_namespace group's task instances as Airflow reports them, keyed
-    `<task_id>_<map_index>`. Pure over its inputs.
-    """
-    failed = set()
-    for key, state in states.items():
-        _, _, index = key.rpartition("_")
-        if state in FAILED_STATES and index.isdigit() and int(index) < len(items):
-            failed.add(str(items[int(index)]["namespace"]))
-    return sorted(failed & set(item["after"]))
 
 
 def removal_held(window_end: str | None, now: float, old: str, target: str) -> str | None:

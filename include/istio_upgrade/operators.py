@@ -7,7 +7,7 @@ Deferral needs class-based operators; the checking itself lives in `cluster`, `h
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,12 +15,14 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowSkipException
 
-from istio_upgrade import approval, cluster, health, tasks
+from istio_upgrade import approval, cluster, health, tasks, waves
 from istio_upgrade.connections import kube_target
+from istio_upgrade.deadline import Span
 from istio_upgrade.errors import RolloutFailed
 from istio_upgrade.model import WorkloadRef
 from istio_upgrade.params import ResolvedParams
-from istio_upgrade.triggers import MetricGateTrigger, RolloutTrigger
+from istio_upgrade.steps import restart_stamp
+from istio_upgrade.triggers import MetricGateTrigger, NamespaceUpgradeTrigger, RolloutTrigger
 
 
 def record_timing(context: Context) -> None:
@@ -39,6 +41,22 @@ def pull_all(context: Context, task_id: str, key: str = "return_value") -> list[
     if found is None:
         return []
     return list(found) if isinstance(found, list) else [found]
+
+
+def failed_tasks(context: Context, among: Collection[str] | None = None) -> list[str]:
+    """The task instances of this run that failed (of `among` only, when given), as
+    `task_id` or `task_id[map_index]`, read from Airflow's task states. Those upstream_failed
+    are left out: a failed one upstream of them says why."""
+    ti = context["ti"]
+    states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+    failed = []
+    for key, state in states.items():
+        # mapped instances come keyed `<task_id>_<map_index>` (the SDK's format)
+        task_id, _, index = key.rpartition("_")
+        name = f"{task_id}[{index}]" if task_id and index.isdigit() else key
+        if state == "failed" and (among is None or name.split("[")[0] in among):
+            failed.append(name)
+    return sorted(failed)
 
 
 class RolloutSensor(BaseOperator):
@@ -184,3 +202,69 @@ class CanaryApproval(HITLOperator):
         )
         self.log.info("approval option=%s by=%s", answer.option, answer.by or "nobody (timeout)")
         return answer.to_dict()
+
+
+class NamespaceUpgrade(BaseOperator):
+    """One namespace of the waves, mapped per namespace (the grid names each by it).
+
+    On the worker it only hands the namespace to its trigger, which waits for the turn,
+    restarts, waits for the rollout and verifies in the triggerer, then ends the task itself
+    (moved: success; held back by the window or stopped by an earlier failure: skipped).
+    `execute_complete` runs only when the namespace failed (to fail the task with the reason
+    and its retry policy) and under `dag.test()`, which resumes every deferred task.
+    """
+
+    template_fields = ("item", "resolved", "canary")
+    ui_color = "#e6f1f2"
+
+    def __init__(
+        self, *, item: Any, resolved: Any, canary: Any = None, poll_seconds: float = 2.0, **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        self.item = item
+        self.resolved = resolved
+        self.canary = canary
+        self.poll_seconds = poll_seconds
+
+    def execute(self, context: Context) -> None:
+        rp = ResolvedParams.from_dict(self.resolved)
+        ti = context["ti"]
+        span = (self.canary or {}).get("span")
+        canary = Span.from_dict(span) if span else None
+        self.defer(
+            trigger=NamespaceUpgradeTrigger(
+                conn_id=rp.params.kubernetes_conn_id,
+                dag_id=ti.dag_id,
+                run_id=ti.run_id,
+                upgrade_task_id=ti.task_id,
+                item=dict(self.item),
+                target=rp.target_revision,
+                stamp=restart_stamp(ti.run_id, rp.target_revision),
+                skip=[g.__dict__ for g in rp.params.gateway_refs],
+                rollout_timeout_seconds=rp.params.rollout_timeout_seconds,
+                window_end=datetime.fromisoformat(rp.window_end).timestamp()
+                if rp.window_end
+                else None,
+                canary_seconds=canary.seconds if canary and canary.restarted else None,
+                poll_seconds=self.poll_seconds,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: Any) -> None:
+        if isinstance(event, dict) and event.get("status") == "failed":
+            item = waves.item_from_json(self.item)
+            raise RolloutFailed(
+                f"namespace {item.namespace}",
+                str(event.get("message")),
+                "fix the cause (kubectl rollout status in that namespace), then clear this task "
+                "and the not-started upgrade_namespace tasks after it",
+            )
+        # Only under dag.test(): a real triggerer ended the task without coming back here.
+        outcome = waves.outcome_from_json(
+            context["ti"].xcom_pull(
+                task_ids=self.task_id, key="outcome", map_indexes=context["ti"].map_index
+            )
+        )
+        if outcome.state is not waves.State.MOVED:
+            raise AirflowSkipException(outcome.reason)

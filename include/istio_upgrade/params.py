@@ -27,6 +27,7 @@ MAX_REVISION_LEN = 56
 # A manual window longer than a week is a typo (seconds typed as minutes), not a window
 MAX_WINDOW_MINUTES = 7 * 24 * 60
 APPROVAL_DEFAULTS = ("reject", "approve")
+ON_FAILURE = ("rollback", "stop")
 ISTIOCTL_RUNNERS = ("local", "pod")
 # An image repository without tag or digest: [registry[:port]/]path (distribution/reference).
 IMAGE_REPOSITORY = re.compile(
@@ -292,6 +293,17 @@ PARAM_SPECS: Mapping[str, ParamSpec] = MappingProxyType(
             "continues with the remaining namespaces.",
             {"enum": list(APPROVAL_DEFAULTS)},
         ),
+        "on_failure": ParamSpec(
+            "rollback",
+            "string",
+            "After a failure before the decision",
+            "What the run does when a step fails after the tag moved and before the canary is "
+            "judged (a gateway or canary rollout, a verification, the gate, the approval): "
+            "'rollback' moves the tag back and restarts what moved, as a failed gate does; "
+            "'stop' leaves the mesh as it is for someone to investigate. The run ends failed "
+            "either way.",
+            {"enum": list(ON_FAILURE)},
+        ),
         "istioctl_runner": ParamSpec(
             "local",
             "string",
@@ -348,6 +360,7 @@ class UpgradeParams:
     window_minutes: int = 0
     approval_timeout_seconds: int = 1800
     approval_default: str = "reject"
+    on_failure: str = "rollback"
     # Added with the in-cluster istioctl runner.
     istioctl_runner: str = "local"
     istioctl_image: str = "docker.io/istio/istioctl"
@@ -501,6 +514,7 @@ def parse_params(raw: Mapping[str, Any]) -> UpgradeParams:
         window_minutes=_check_window_minutes(get.integer("window_minutes", minimum=0)),
         approval_timeout_seconds=get.integer("approval_timeout_seconds", minimum=1),
         approval_default=_check_approval_default(get.text("approval_default")),
+        on_failure=_check_on_failure(get.text("on_failure")),
     )
 
 
@@ -743,6 +757,18 @@ def _check_approval_default(value: str) -> str:
             value,
             "is not an answer the approval can default to",
             f"use {' or '.join(repr(a) for a in APPROVAL_DEFAULTS)} ('reject' fails closed)",
+        )
+    return value
+
+
+def _check_on_failure(value: str) -> str:
+    if value not in ON_FAILURE:
+        raise ParamError(
+            "on_failure",
+            value,
+            "is not a way to handle a failure before the decision",
+            "use 'rollback' (move the tag back: the mesh is safe) or 'stop' (leave it for "
+            "someone to investigate)",
         )
     return value
 

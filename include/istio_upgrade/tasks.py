@@ -11,9 +11,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-from istio_upgrade import approval, cluster, deadline, health, plan, progress, report, steps
+from istio_upgrade import approval, cluster, deadline, health, plan, progress, report, steps, waves
 from istio_upgrade.cluster import Kube
 from istio_upgrade.connections import kube_target
 from istio_upgrade.deadline import Outcome, Span, WavesPaused, WindowClosed
@@ -203,14 +204,47 @@ def verify_namespaces(
     return verified
 
 
+class Decision(StrEnum):
+    """Where the run goes after the canary."""
+
+    CONTINUE = "continue"  # the waves, then the old revision's removal
+    ROLLBACK = "rollback"  # the tag back, what moved restarted back
+    STOP = "stop"  # neither: nothing was judged, or on_failure 'stop' after a failure
+
+
 def decide(
-    resolved: dict[str, Any], gate: dict[str, Any] | None, answer: dict[str, Any] | None
-) -> bool:
-    """Continue (True) or roll back (False): the gate, and with require_approval the answer."""
+    resolved: dict[str, Any] | None,
+    gate: dict[str, Any] | None,
+    answer: dict[str, Any] | None,
+    failed: Sequence[str] = (),
+) -> tuple[Decision, str]:
+    """The branch after the canary, and why.
+
+    `failed` are the steps before the decision that failed. After a failure the mesh must
+    not stay on a revision that was never judged: when the tag points at the target, roll
+    back (unless on_failure is 'stop'). Without a failure, the gate decides, and with
+    require_approval the answer too; with no gate verdict (a dry run) nothing happens.
+    """
+    if resolved is None:
+        return Decision.STOP, "nothing ran: validate skipped or failed"
     rp = ResolvedParams.from_dict(resolved)
-    result = approval.verdict(rp.params.require_approval, gate, answer)
-    log.info("decision=%s reason=%s", "continue" if result.proceed else "rollback", result.reason)
-    return result.proceed
+    if failed:
+        steps_failed = ", ".join(failed)
+        run = _run(resolved)
+        tag = cluster.tag_revision(run.kube, rp.tag)
+        if tag != rp.target_revision:
+            found = (Decision.STOP, f"{steps_failed} failed with the tag on {tag}: nothing moved")
+        elif rp.params.on_failure == "stop":
+            found = (Decision.STOP, f"{steps_failed} failed; on_failure is 'stop': left as it is")
+        else:
+            found = (Decision.ROLLBACK, f"{steps_failed} failed after the tag moved")
+    elif gate is None:
+        found = (Decision.STOP, "the canary was not judged (dry run, or the gate did not run)")
+    else:
+        result = approval.verdict(rp.params.require_approval, gate, answer)
+        found = (Decision.CONTINUE if result.proceed else Decision.ROLLBACK, result.reason)
+    log.info("decision=%s reason=%s", *found)
+    return found
 
 
 def approval_question(resolved: dict[str, Any], gate: dict[str, Any] | None) -> dict[str, Any]:
@@ -231,59 +265,23 @@ def approval_question(resolved: dict[str, Any], gate: dict[str, Any] | None) -> 
     }
 
 
-def remaining_waves(resolved: dict[str, Any]) -> list[dict[str, Any]]:
-    """The namespaces still to move after the canary, each with its wave and those before it.
+def remaining_waves(resolved: dict[str, Any], max_items: int | None = None) -> list[dict[str, Any]]:
+    """The namespaces still to move after the canary, one mapped item each, in wave order.
 
     A namespace already on the target is left out, so a re-run does not restart it again.
+    `max_items` is Airflow's limit on mapped task instances ([core] max_map_length).
     """
     run = _run(resolved)
     p = plan.build_plan(run.rp, cluster.snapshot(run.kube))
-    items: list[dict[str, Any]] = []
-    before: list[str] = []
-    for wave_no, wave in enumerate(p.waves):
-        items += [{"namespace": ns, "wave": wave_no, "after": list(before)} for ns in wave]
-        before += list(wave)
+    items = waves.wave_items(p.waves)
+    if max_items is not None and len(items) > max_items:
+        raise UpgradeError(
+            f"{len(items)} namespaces are left to move, more than Airflow maps in one task "
+            f"([core] max_map_length = {max_items}): raise max_map_length in the config of "
+            "every Airflow process, or move some with include_namespaces in a first run"
+        )
     log.info("remaining namespaces=%d waves=%d", len(items), len(p.waves))
-    return items
-
-
-def turn_reached(resolved: dict[str, Any], item: dict[str, Any]) -> bool:
-    """A namespace's wave may start once every namespace of the earlier waves is on target."""
-    run = _run(resolved)
-    return steps.namespaces_on(run.kube, item["after"], run.target)
-
-
-def wave_call(
-    resolved: dict[str, Any],
-    item: dict[str, Any],
-    spans: Sequence[Mapping[str, Any]],
-    held: Sequence[Mapping[str, Any]],
-    now: float | None = None,
-) -> dict[str, Any]:
-    """Before a namespace's wave starts: does it fit in what is left of the window?
-
-    `spans` are the measured moves of this run (canary and finished waves); `held` the
-    namespaces already held back (then nothing new starts). Pure over its inputs.
-    """
-    rp = ResolvedParams.from_dict(resolved)
-    end = datetime.fromisoformat(rp.window_end).timestamp() if rp.window_end else None
-    expected = deadline.estimate(
-        [Span.from_dict(s) for s in spans], rp.params.rollout_timeout_seconds
-    )
-    call = deadline.call_wave(
-        time.time() if now is None else now,
-        end,
-        expected,
-        [str(h["namespace"]) for h in held],
-    )
-    log.info(
-        "window check namespace=%s wave=%d call=%s: %s",
-        item["namespace"],
-        item["wave"] + 1,
-        call.call,
-        call.reason,
-    )
-    return {**call.to_dict(), "namespace": item["namespace"], "wave": item["wave"]}
+    return [waves.item_to_json(i) for i in items]
 
 
 def _not_on_target(run: Run) -> list[str]:
@@ -291,7 +289,7 @@ def _not_on_target(run: Run) -> list[str]:
     return [ns.name for ns in states if not progress.on_revision(ns, run.target)]
 
 
-def finish_waves(resolved: dict[str, Any], held: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def finish_waves(resolved: dict[str, Any], outcomes: Sequence[Any]) -> dict[str, Any]:
     """After the waves: all moved (go on to remove the old revision), paused, or failed.
 
     Read from the cluster: a namespace that was held back by the window and is still on the
@@ -300,10 +298,13 @@ def finish_waves(resolved: dict[str, Any], held: Sequence[Mapping[str, Any]]) ->
     """
     run = _run(resolved)
     left = _not_on_target(run)
-    held_names = [str(h["namespace"]) for h in held]
+    done = [waves.outcome_from_json(o) for o in outcomes]
+    held = waves.held(done)
+    held_names = [o.namespace for o in held]
+    log.info("waves outcomes=%s left=%d", waves.summary(done), len(left))
     outcome = deadline.waves_outcome(left, held_names)
     if outcome is Outcome.PAUSED:
-        raise WavesPaused(deadline.paused_reason(left, held))
+        raise WavesPaused(deadline.paused_reason(left, [h.reason for h in held]))
     if outcome is Outcome.FAILED:
         raise WavesFailed(run.target, sorted(set(left) - set(held_names)))
     return {"namespaces": list(run.rp.namespaces), "revision": run.target}
@@ -407,19 +408,24 @@ def final_report(
     gate: dict[str, Any] | None,
     timings: dict[str, float],
     answer: dict[str, Any] | None = None,
-    held: Sequence[Mapping[str, Any]] = (),
+    outcomes: Sequence[Any] = (),
     removal_held: str | None = None,
+    failed: Sequence[str] = (),
+    rollback_ran: bool = False,
 ) -> dict[str, Any]:
     """The run report: revisions per namespace before/after, timings, metric figures, phase.
 
-    `held` are the namespaces the window held back, `removal_held` why the old revision was
-    not removed (uninstall_old's WavesPaused), if so.
+    `outcomes` are those of the namespaces of the waves (the held ones make a pause),
+    `removal_held` why the old revision was not removed (uninstall_old's WavesPaused), if so,
+    `failed` the run's failed tasks (named in the reason), `rollback_ran` whether the
+    rollback path moved the tag back (after a failed gate, a rejection or a failure).
     """
     run = _run(resolved)
     after = cluster.snapshot(run.kube)
     result = approval.verdict(run.rp.params.require_approval, gate, answer)
-    rolled_back = gate is not None and not result.proceed
-    held_names = [str(h["namespace"]) for h in held]
+    rolled_back = rollback_ran or (gate is not None and not result.proceed)
+    held = waves.held([waves.outcome_from_json(o) for o in outcomes])
+    held_names = [o.namespace for o in held]
     phase = phase_of(after, run.rp, rolled_back, held_names, removal_held is not None)
     if phase is UpgradePhase.COMPLETED:
         reason = f"every namespace runs {run.target}; revision {run.current} removed"
@@ -431,15 +437,15 @@ def final_report(
             for ns in after.namespaces
             if ns.name in run.rp.namespaces and not progress.on_revision(ns, run.target)
         ]
-        reason = deadline.paused_reason(left, held)
+        reason = deadline.paused_reason(left, [h.reason for h in held])
     elif phase is UpgradePhase.ROLLED_BACK:
         reason = result.reason
     else:
-        reason = (
-            f"stopped with the tag on "
-            f"{(after.tag(run.rp.tag) or RevisionTag(run.rp.tag, '?')).revision}: "
-            "see the failed task; clear it to resume"
-        )
+        tag = (after.tag(run.rp.tag) or RevisionTag(run.rp.tag, "?")).revision
+        culprit = f"{', '.join(failed)} failed" if failed else "stopped"
+        reason = f"{culprit} with the tag on {tag}: see the failed task; clear it to resume"
+    if failed and phase is UpgradePhase.ROLLED_BACK:
+        reason = f"{', '.join(failed)} failed; rolled back: {reason}"
     checks = [health.MetricCheck.from_dict(c) for c in (gate or {}).get("checks", [])]
     text = report.render_report(
         before=MeshSnapshot.from_dict(pre["before"]),
@@ -453,13 +459,21 @@ def final_report(
     return {"phase": phase.value, "reason": reason, "text": text}
 
 
-def conclude(result: dict[str, Any]) -> str:
+def conclude(result: dict[str, Any] | None, failed: Sequence[str] = ()) -> str:
     """End the run: completed passes, paused raises WavesPaused, anything else fails, saying why.
 
-    Needed because Airflow judges a run by its leaf tasks: without this, a failed step
-    upstream of an always-running report would still leave the run green. A pause is not a
-    failure: the mesh is valid and the next window continues (the DAG skips on WavesPaused).
+    Needed because Airflow judges a run by its leaf tasks: without this, a failed step whose
+    downstream tasks all end skipped would leave the run green. `failed` are the run's failed
+    tasks: any one makes the run fail, whatever the report says. No report and no failure:
+    the run had nothing to do (the mesh runs the target, the window was over, a dry run).
+    A pause is not a failure: the mesh is valid and the next window continues (the DAG skips
+    on WavesPaused).
     """
+    if failed:
+        phase = f" (phase {result['phase']}: {result['reason']})" if result else ""
+        raise UpgradeError(f"upgrade not completed: {', '.join(failed)} failed{phase}")
+    if result is None:
+        return "nothing to do in this run"
     if result["phase"] == UpgradePhase.PAUSED.value:
         raise WavesPaused(str(result["reason"]))
     if result["phase"] != UpgradePhase.COMPLETED.value:

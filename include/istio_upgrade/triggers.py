@@ -13,11 +13,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import urllib3
-from airflow.triggers.base import BaseTrigger, TriggerEvent
-from kubernetes.client.exceptions import ApiException
+from airflow.triggers.base import BaseTrigger, TaskSkippedEvent, TaskSuccessEvent, TriggerEvent
 
-from istio_upgrade import cluster, health
+from istio_upgrade import cluster, health, progress, run_state, waves
 from istio_upgrade.model import WorkloadRef
 from istio_upgrade.params import UpgradeParams
 
@@ -70,7 +68,7 @@ class RolloutTrigger(BaseTrigger):
         while True:
             try:
                 event = await asyncio.to_thread(self._poll)
-            except (ApiException, urllib3.exceptions.HTTPError, OSError) as err:
+            except _api_errors() as err:
                 # The rollout sensors do not retry (a retry would restart the deadline and
                 # hide a stuck rollout), so a passing API error is waited out here instead,
                 # until the same absolute deadline.
@@ -86,8 +84,18 @@ class RolloutTrigger(BaseTrigger):
             await asyncio.sleep(self.poll_seconds)
 
 
+def _api_errors() -> tuple[type[Exception], ...]:
+    """What a poll raises about the API rather than a bug (imported on the first failure)."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    return (ApiException, urllib3.exceptions.HTTPError, OSError)
+
+
 def _transient(err: Exception) -> bool:
     """A connection problem, a timeout, 429 or a 5xx: worth polling again; 4xx is not."""
+    from kubernetes.client.exceptions import ApiException
+
     if isinstance(err, ApiException):
         status = int(err.status or 0)
         return status == 0 or status == 429 or status >= 500
@@ -151,3 +159,203 @@ class MetricGateTrigger(BaseTrigger):
                 )
                 return
             await asyncio.sleep(params.check_interval_seconds)
+
+
+# One client per cluster and triggerer process: a thousand namespace triggers share it.
+_clients: dict[str, cluster.Kube] = {}
+
+
+def _kube_for(conn_id: str) -> cluster.Kube:
+    if conn_id not in _clients:
+        from istio_upgrade.connections import kube_target
+
+        _clients[conn_id] = cluster.connect(kube_target(conn_id))
+    return _clients[conn_id]
+
+
+class NamespaceUpgradeTrigger(BaseTrigger):
+    """Moves one namespace of the waves: waits for its turn, restarts, waits, verifies.
+
+    All of it runs in the triggerer, so a namespace costs no worker slot while it waits, and
+    no worker at all when it moves or is held back: the trigger ends its task itself
+    (TaskSuccessEvent, TaskSkippedEvent) after pushing the outcome (XCom `outcome`). A
+    failure returns to the worker as a plain event, where the task fails with the reason
+    and its retry policy (a finding is not retried). Restarting is one idempotent PATCH per
+    workload (the stamp comes from the run), so a triggerer restart that runs the trigger
+    again changes nothing that was done.
+    """
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        dag_id: str,
+        run_id: str,
+        upgrade_task_id: str,
+        item: dict[str, Any],
+        target: str,
+        stamp: str,
+        skip: list[dict[str, str]],
+        rollout_timeout_seconds: float,
+        window_end: float | None,
+        canary_seconds: float | None,
+        poll_seconds: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.conn_id = conn_id
+        self.dag_id = dag_id
+        self.run_id = run_id
+        self.upgrade_task_id = upgrade_task_id
+        self.item = item
+        self.target = target
+        self.stamp = stamp
+        self.skip = skip
+        self.rollout_timeout_seconds = rollout_timeout_seconds
+        self.window_end = window_end
+        self.canary_seconds = canary_seconds
+        self.poll_seconds = poll_seconds
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "conn_id": self.conn_id,
+                "dag_id": self.dag_id,
+                "run_id": self.run_id,
+                "upgrade_task_id": self.upgrade_task_id,
+                "item": self.item,
+                "target": self.target,
+                "stamp": self.stamp,
+                "skip": self.skip,
+                "rollout_timeout_seconds": self.rollout_timeout_seconds,
+                "window_end": self.window_end,
+                "canary_seconds": self.canary_seconds,
+                "poll_seconds": self.poll_seconds,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        item = waves.item_from_json(self.item)
+        decision = await self._await_turn(item)
+        if decision.call is not waves.Call.START:
+            state = (
+                waves.State.HELD if decision.call is waves.Call.HOLD else waves.State.NOT_STARTED
+            )
+            await self._push(
+                waves.NamespaceOutcome(
+                    item.namespace,
+                    item.wave,
+                    state,
+                    decision.reason,
+                    longest_before=decision.longest_before,
+                    failed=decision.failed,
+                )
+            )
+            self.log.info("namespace=%s call=%s: %s", item.namespace, state, decision.reason)
+            yield TaskSkippedEvent()
+            return
+        outcome = await self._move(item, decision)
+        await self._push(outcome)
+        self.log.info("namespace=%s outcome=%s: %s", item.namespace, outcome.state, outcome.reason)
+        if outcome.state is waves.State.MOVED:
+            yield TaskSuccessEvent()
+        else:
+            yield TriggerEvent({"status": "failed", "message": outcome.reason})
+
+    async def _await_turn(self, item: waves.WaveItem) -> waves.Turn:
+        previous = range(item.previous_start, item.previous_start + len(item.previous))
+        while True:
+            states: dict[int, str | None] = {}
+            outcomes: dict[str, waves.NamespaceOutcome] = {}
+            if item.wave > 0:
+                states = await run_state.task_states(self.dag_id, self.run_id, self.upgrade_task_id)
+                if waves.previous_done(item, states):
+                    found = await run_state.xcoms(
+                        "outcome", self.dag_id, self.run_id, self.upgrade_task_id, previous
+                    )
+                    outcomes = {
+                        o.namespace: o for o in map(waves.outcome_from_json, found.values())
+                    }
+            decision = waves.turn(
+                item,
+                states,
+                outcomes,
+                now=time.time(),
+                window_end=self.window_end,
+                canary_seconds=self.canary_seconds,
+                fallback_seconds=self.rollout_timeout_seconds,
+            )
+            if decision.call is not waves.Call.WAIT:
+                return decision
+            self.log.debug("namespace=%s %s: %s", item.namespace, decision.reason, states)
+            await asyncio.sleep(self.poll_seconds)
+
+    async def _move(self, item: waves.WaveItem, turn: waves.Turn) -> waves.NamespaceOutcome:
+        """Restart what is off the target, wait for every rollout, verify every pod."""
+        ns = item.namespace
+        started = time.time()
+        kube = await asyncio.to_thread(_kube_for, self.conn_id)
+        view = await asyncio.to_thread(cluster.namespace_view, kube, ns)
+        skip = [WorkloadRef(**w) for w in self.skip]
+        todo = progress.workloads_to_restart(view.state, self.target, skip)
+        restart = [w for w in todo if view.stamps.get(w) != self.stamp]
+        for ref in restart:
+            await asyncio.to_thread(cluster.stamp_restart, kube, ref, self.stamp)
+
+        def outcome(state: waves.State, reason: str) -> waves.NamespaceOutcome:
+            return waves.NamespaceOutcome(
+                ns,
+                item.wave,
+                state,
+                reason,
+                started=started,
+                finished=time.time(),
+                restarted=len(restart),
+                longest_before=turn.longest_before,
+            )
+
+        deadline = started + self.rollout_timeout_seconds
+        kinds = {w.kind for w in view.state.workloads}
+        while True:
+            try:
+                rollouts = await asyncio.to_thread(cluster.workload_rollouts, kube, ns, kinds)
+            except _api_errors() as err:
+                if not _transient(err) or time.time() > deadline:
+                    return outcome(waves.State.FAILED, f"{ns}: rollout not readable: {err}")
+                self.log.warning("rollout poll failed, polling again: %s", err)
+                await asyncio.sleep(self.poll_seconds)
+                continue
+            failed = [s.message for s in rollouts.values() if s.failed]
+            pending = [s.message for s in rollouts.values() if not s.complete]
+            if failed:
+                return outcome(waves.State.FAILED, "; ".join(failed))
+            if not pending:
+                break
+            if time.time() > deadline:
+                return outcome(
+                    waves.State.FAILED,
+                    f"rollout_timeout_seconds={self.rollout_timeout_seconds:.0f} passed: "
+                    + "; ".join(pending[:10]),
+                )
+            await asyncio.sleep(self.poll_seconds)
+        view = await asyncio.to_thread(cluster.namespace_view, kube, ns)
+        wrong = progress.off_revision(view.state, self.target)
+        if wrong:
+            pods = ", ".join(f"{p.name} ({p.revision or 'no sidecar'})" for p in wrong[:10])
+            return outcome(
+                waves.State.FAILED,
+                f"{ns}: pods not on revision {self.target} after the rollout: {pods}; check the "
+                "injector webhook and the tag",
+            )
+        moved = f"restarted {len(restart)} workloads" if restart else "nothing to restart"
+        return outcome(waves.State.MOVED, f"{ns}: every pod runs {self.target} ({moved})")
+
+    async def _push(self, outcome: waves.NamespaceOutcome) -> None:
+        await run_state.push_xcom(
+            "outcome",
+            waves.outcome_to_json(outcome),
+            self.dag_id,
+            self.run_id,
+            self.upgrade_task_id,
+            waves.item_from_json(self.item).index,
+        )

@@ -115,8 +115,6 @@ NEVER_RETRIED = (
     "metric_gate",
     "approve_canary",
     "decide",
-    "upgrade_namespace.wait_rollout",
-    "upgrade_namespace.verify",
     "check_old_unused",
     "rollback.wait_rolled_back",
     "rollback.verify_rolled_back",

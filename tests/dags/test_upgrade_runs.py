@@ -59,8 +59,9 @@ def test_happy_path_then_a_rerun_changes_nothing(seeded: Sandbox, rest_api: Rest
     assert cluster.revision_objects(kube, box.old_revision) == []
     run_states = states(dr)
     assert run_states["rollback.move_tag_back"] == "skipped"
-    mapped = {k for k in run_states if k.startswith("upgrade_namespace.verify[")}
-    assert len(mapped) == 3, run_states  # foo, baz, qux after the canary bar
+    mapped = {k: v for k, v in run_states.items() if k.startswith("upgrade_namespace[")}
+    assert list(mapped.values()) == ["success"] * 3, run_states  # foo, baz, qux after bar
+    assert all(v in ("success", "skipped") for v in run_states.values()), run_states
 
     # A scheduled run afterwards: no target in its params, the Variable names the revision
     # the mesh already runs, so it skips cleanly and touches nothing.
@@ -144,8 +145,8 @@ def test_pod_runner_upgrades_with_istioctl_pods(seeded: Sandbox) -> None:
     assert left == "", f"succeeded istioctl pods were not deleted: {left}"
 
 
-def test_a_failed_wave_stops_the_later_waves_at_once(seeded: Sandbox) -> None:
-    """Later waves do not wait out their sensor timeout (an hour) behind a failed namespace."""
+def test_a_failed_wave_stops_the_later_waves_at_once(seeded: Sandbox, rest_api: RestApi) -> None:
+    """Later waves do not wait out a timeout behind a failed namespace, and it names itself."""
     box, kube = seeded, seeded.kube()
     # The StatefulSet's namespace is the canary: a StatefulSet replaces a pod by deleting it
     # first, which would free room in the quota below.
@@ -178,7 +179,11 @@ def test_a_failed_wave_stops_the_later_waves_at_once(seeded: Sandbox) -> None:
             )
     assert str(dr.state) == "failed"
     run_states = states(dr)
-    turns = {k: v for k, v in run_states.items() if k.startswith("upgrade_namespace.wait_turn[")}
-    assert sorted(turns.values()) == ["skipped"] * len(later) + ["success"], run_states
+    mapped = [run_states[f"upgrade_namespace[{i}]"] for i in range(1 + len(later))]
+    assert mapped == ["failed"] + ["skipped"] * len(later), run_states
     assert run_states["finish_waves"] == "failed"
+    for i in range(1, 1 + len(later)):
+        outcome = rest_api.xcom(dr.run_id, "upgrade_namespace", "outcome", i)
+        assert outcome["state"] == "not_started" and outcome["failed"] == [first], outcome
+        assert f"{first} of an earlier wave failed" in outcome["reason"], outcome
     assert pod_uids(box, tuple(later)) == untouched, "a later wave started after a failure"

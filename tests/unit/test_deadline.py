@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -19,7 +18,6 @@ from istio_upgrade.deadline import (
     WindowClosed,
     call_wave,
     estimate,
-    failed_before,
     paused_reason,
     removal_held,
     wave_seconds,
@@ -159,8 +157,8 @@ def test_waves_outcome(left: list[str], held: list[str], outcome: Outcome) -> No
 
 def test_paused_reason_names_the_count_the_namespaces_and_the_comparison() -> None:
     calls = [
-        {"namespace": "qux", "reason": "an earlier namespace was held back (foo): ..."},
-        {"namespace": "foo", "reason": "4s left in the window, a wave takes ~9s (x): it would"},
+        "an earlier namespace was held back (foo): ...",
+        "4s left in the window, a wave takes ~9s (x): it would",
     ]
     text = paused_reason(["qux", "foo"], calls)
     assert text.startswith("2 namespaces left (foo, qux): 4s left in the window")
@@ -183,43 +181,6 @@ def test_errors_survive_pickling(error: Exception) -> None:
 def test_span_round_trips() -> None:
     one = Span(2, ("foo", "baz"), 1.5, 9.25, 3)
     assert Span.from_dict(one.to_dict()) == one and one.seconds == 7.75
-
-
-WAVES = [
-    {"namespace": "foo", "wave": 0, "after": []},
-    {"namespace": "baz", "wave": 0, "after": []},
-    {"namespace": "qux", "wave": 1, "after": ["foo", "baz"]},
-]
-
-
-@pytest.mark.parametrize(
-    ("states", "item", "failed"),
-    [
-        pytest.param({}, WAVES[2], [], id="nothing-ran-yet"),
-        pytest.param(
-            {"upgrade_namespace.wait_rollout_0": "failed"}, WAVES[2], ["foo"], id="earlier-failed"
-        ),
-        pytest.param(
-            {"upgrade_namespace.verify_1": "upstream_failed"},
-            WAVES[2],
-            ["baz"],
-            id="earlier-upstream-failed",
-        ),
-        pytest.param(
-            {"upgrade_namespace.verify_0": "failed"}, WAVES[1], [], id="same-wave-goes-on"
-        ),
-        pytest.param(
-            {"upgrade_namespace.verify_0": "success", "upgrade_namespace.restart_1": "running"},
-            WAVES[2],
-            [],
-            id="earlier-fine",
-        ),
-    ],
-)
-def test_failed_before_names_failed_namespaces_of_earlier_waves(
-    states: dict[str, str], item: dict[str, Any], failed: list[str]
-) -> None:
-    assert failed_before(item, WAVES, states) == failed
 
 
 def test_removal_is_held_once_the_window_ended() -> None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from istio_upgrade.deadline import WavesPaused
+from istio_upgrade.errors import UpgradeError
 from istio_upgrade.model import (
     ControlPlane,
     MeshSnapshot,
@@ -18,7 +20,7 @@ from istio_upgrade.model import (
 )
 from istio_upgrade.params import check_against_cluster, parse_params
 from istio_upgrade.plan import NamespacePlan, UpgradePlan, build_plan, plan_namespace, render_plan
-from istio_upgrade.tasks import phase_of
+from istio_upgrade.tasks import Decision, conclude, decide, phase_of
 
 OLD, NEW = "1-14-6", "1-15-4"
 
@@ -278,3 +280,37 @@ def test_phase_pauses_on_a_held_removal_only_with_every_namespace_moved(
     before = mesh(app("foo", OLD), app("bar", OLD))
     rp = check_against_cluster(parse_params({"target_revision": NEW}), before)
     assert phase_of(after, rp, rolled_back=False, removal_held=removal_held) is phase
+
+
+# -- how a run ends (tasks.conclude) and where it goes after the canary (tasks.decide) -----------
+
+
+@pytest.mark.parametrize(
+    ("result", "failed", "ends"),
+    [
+        pytest.param({"phase": "completed", "reason": "done"}, [], "done", id="completed"),
+        pytest.param(None, [], "nothing to do", id="nothing-ran-nothing-failed"),
+        pytest.param(None, ["precheck"], UpgradeError, id="failed-precheck-is-red"),
+        pytest.param({"phase": "completed", "reason": "done"}, ["measure_baseline"],
+                     UpgradeError, id="a-failed-task-in-a-completed-run-is-red"),
+        pytest.param({"phase": "rolled_back", "reason": "gate"}, [], UpgradeError,
+                     id="rolled-back-is-red"),
+        pytest.param({"phase": "paused", "reason": "window"}, [], WavesPaused, id="paused"),
+    ],
+)  # fmt: skip
+def test_conclude(result: dict[str, str] | None, failed: list[str], ends: object) -> None:
+    if isinstance(ends, str):
+        assert ends in conclude(result, failed)
+    else:
+        with pytest.raises(ends) as raised:  # type: ignore[call-overload]
+            conclude(result, failed)
+        assert all(f in str(raised.value) for f in failed)
+
+
+def test_decide_skips_both_branches_when_nothing_ran_or_nothing_was_judged() -> None:
+    assert decide(None, None, None)[0] is Decision.STOP
+    resolved = check_against_cluster(parse_params({"target_revision": NEW}), EXAMPLE).to_dict()
+    assert decide(resolved, None, None)[0] is Decision.STOP  # a dry run
+    passed = {"verdict": "passed", "message": "ok"}
+    assert decide(resolved, passed, None)[0] is Decision.CONTINUE
+    assert decide(resolved, {"verdict": "failed", "message": "5xx"}, None)[0] is Decision.ROLLBACK

@@ -80,3 +80,27 @@ def test_errors_until_the_deadline_end_in_a_timeout(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(RolloutTrigger, "_poll", unreachable)
     event = first_event(trigger(time.time() - 1))
     assert event["status"] == "timeout" and "connection refused" in event["message"]
+
+
+def test_namespace_trigger_serializes_plain_data() -> None:
+    from istio_upgrade.triggers import NamespaceUpgradeTrigger
+    from istio_upgrade.waves import item_to_json, wave_items
+
+    item = item_to_json(wave_items([("foo",), ("bar",)])[1])
+    t = NamespaceUpgradeTrigger(
+        conn_id="kubernetes_default",
+        dag_id="istio_canary_upgrade",
+        run_id="manual__1",
+        upgrade_task_id="upgrade_namespace",
+        item=item,
+        target="1-32-0",
+        stamp="1-32-0@manual__1",
+        skip=[{"kind": "Deployment", "namespace": "istio-ingress", "name": "gw"}],
+        rollout_timeout_seconds=600,
+        window_end=None,
+        canary_seconds=8.5,
+    )
+    path, kwargs = t.serialize()
+    assert path == "istio_upgrade.triggers.NamespaceUpgradeTrigger"
+    assert NamespaceUpgradeTrigger(**kwargs).serialize() == (path, kwargs)
+    assert kwargs["item"]["previous"] == ["foo"]  # the wave before, nothing more

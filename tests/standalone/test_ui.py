@@ -8,15 +8,13 @@ import urllib.parse
 from typing import Any
 
 import pytest
-from browser_stack import OUT, UiRun
+from standalone_stack import OUT, Stack, UiRun
 
 from istio_upgrade.params import PARAM_SPECS
 
 pytestmark = pytest.mark.sandbox
 
 DAG_ID = "istio_canary_upgrade"
-NAMESPACES = ("foo", "baz", "qux")  # upgraded after the canary bar, one mapped group each
-GROUP_STEPS = ("wait_turn", "restart", "wait_rollout", "verify")
 
 
 def test_trigger_form_shows_every_param_with_its_description(page: Any, ui_run: UiRun) -> None:
@@ -42,30 +40,23 @@ def test_trigger_form_shows_every_param_with_its_description(page: Any, ui_run: 
     form.get_by_role("button", name="Close").click()  # nothing is triggered from the form
 
 
-def test_grid_of_a_finished_run_names_mapped_tasks_by_namespace(page: Any, ui_run: UiRun) -> None:
+def test_grid_of_a_finished_run_names_mapped_tasks_by_namespace(
+    page: Any, ui_run: UiRun, stack: Stack
+) -> None:
     from playwright.sync_api import expect
 
-    state = ui_run.finished()
-    assert state == "success", ui_run.progress.getvalue()
+    assert ui_run.state == "success", stack.progress.getvalue()
+    # every namespace after the canary bar, one mapped task each
+    names = [o["namespace"] for o in stack.xcom(ui_run.run_id, "remaining_namespaces")]
 
     run = urllib.parse.quote(ui_run.run_id, safe="")
-    page.goto(f"{ui_run.url}/dags/{DAG_ID}/runs/{run}/tasks/group/upgrade_namespace")
-    expect(page.get_by_role("heading", name="upgrade_namespace")).to_be_visible()
-    total = len(NAMESPACES) * len(GROUP_STEPS)
-    expect(page.get_by_text(f"{total} Task Instances")).to_be_visible()
+    page.goto(f"{ui_run.url}/dags/{DAG_ID}/runs/{run}/tasks/upgrade_namespace/mapped")
+    expect(page.get_by_text(f"{len(names)} Task Instances")).to_be_visible()
 
     rows = page.get_by_role("row")
-    for ns in NAMESPACES:
-        for step in GROUP_STEPS:
-            row = rows.filter(has_text=f"upgrade_namespace.{step}").filter(
-                has=page.get_by_role("link", name=ns, exact=True)
-            )
-            expect(row, f"{step} of namespace {ns}").to_have_count(1)
-            expect(row).to_contain_text("Success")
-
-    # The grid on the left: open the mapped group; it lists the steps each namespace ran.
-    page.locator('[aria-label="Toggle group"][data-group-id="upgrade_namespace"]').click()
-    for step in GROUP_STEPS:
-        expect(page.get_by_test_id(f"upgrade_namespace.{step}")).to_be_visible()
+    for ns in names:
+        row = rows.filter(has=page.get_by_role("link", name=ns, exact=True))
+        expect(row, f"the task of namespace {ns}").to_have_count(1)
+        expect(row).to_contain_text("Success")
     page.locator("th").filter(has_text="Map Index").click()  # rows by namespace
     page.screenshot(path=str(OUT / "grid.png"), animations="disabled")

@@ -1,12 +1,12 @@
-"""Fixtures of the browser check (conftest.py re-exports them): a running Airflow with the
-DAG and one finished upgrade run, and a logged-in headless Chromium (Debian's
-/usr/bin/chromium driven by Playwright).
+"""Fixtures of the tests under a real Airflow (conftest.py re-exports them): a sandbox and
+`airflow standalone` (real scheduler, triggerer, LocalExecutor, API server) of this package's
+own, one finished upgrade run, and a logged-in headless Chromium (Debian's /usr/bin/chromium
+driven by Playwright).
 
-A demo left running by `make demo` is reused when it has a successful run; otherwise the
-session starts its own sandbox and `airflow standalone` on ports of their own (so the default
-sandbox and a demo are never touched), runs the DAG once with fast params, and stops both
-after the module (not at the end of the whole session, so they do not idle through the
-other tests on our two cores).
+The stack runs on ports of its own (the default sandbox and a demo are never touched), with
+EXTRA_NAMESPACES more meshed namespaces so the waves have several rounds, and is stopped
+after this package's tests (not at the end of the whole session, so it does not idle through
+the other tests on our two cores).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import demo  # noqa: E402 - scripts/ is not a package
 
-OUT = REPO / "out" / "browser"
+OUT = REPO / "out" / "standalone"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--headless",
@@ -61,65 +61,69 @@ FAST_PARAMS: dict[str, Any] = {
 }
 
 
+EXTRA_NAMESPACES = 4  # mesh-0001..0004 beside foo, bar, baz and qux
+
+
 @dataclass
-class UiRun:
-    """An Airflow UI with a run of the DAG: where, how to log in, and which run."""
+class Stack:
+    """The package's sandbox and Airflow: where, how to log in, and how to run the DAG."""
 
     url: str
     password: str
     api: demo.Api
-    run_id: str
-    reused: bool
+    box: dict[str, str]
     progress: io.StringIO
 
-    def finished(self, timeout: float = 600.0) -> str:
+    def start(self, **params: Any) -> str:
+        """Trigger a run with the fast params and `params` on top; returns its run id."""
+        return demo.trigger(self.api, {**demo.conf_for(self.box), **FAST_PARAMS, **params})
+
+    def finished(self, run_id: str, timeout: float = 600.0) -> str:
         """Wait for the run to end; returns its state (the progress goes to `progress`)."""
-        return demo.follow(self.api, self.run_id, out=self.progress, timeout=timeout)
+        return demo.follow(self.api, run_id, out=self.progress, timeout=timeout)
+
+    def run(self, **params: Any) -> tuple[str, str]:
+        run_id = self.start(**params)
+        return run_id, self.finished(run_id)
+
+    def states(self, run_id: str) -> dict[str, str]:
+        """`task_id` or `task_id[map_index]` -> state of every task instance of the run."""
+        return {
+            (t["task_id"] if t["map_index"] < 0 else f"{t['task_id']}[{t['map_index']}]"): str(
+                t["state"]
+            )
+            for t in self.api.task_instances(run_id)
+        }
+
+    def xcom(self, run_id: str, task_id: str, key: str = "return_value", index: int = -1) -> Any:
+        path = f"/api/v2/dags/{demo.DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}"
+        return self.api.call(
+            "GET", f"{path}/xcomEntries/{key}", map_index=index, deserialize="true"
+        )["value"]
 
 
-def _reusable_demo() -> UiRun | None:
-    """A running `make demo` of this checkout with a successful run of the DAG, or None."""
-    d = demo.Demo.from_env()
-    if demo.running_stack(d) is None:
-        return None
-    api = demo.Api.login(d.url, d.password())
-    # Only a demo of this checkout: the form must show the params declared here.
-    fileloc = api.call("GET", f"/api/v2/dags/{demo.DAG_ID}/details")["fileloc"]
-    if Path(fileloc).parent != REPO / "dags":
-        print(f"\n[browser] not reusing the demo at {d.url}: it runs {fileloc}")
-        return None
-    runs = api.call(
-        "GET",
-        f"/api/v2/dags/{demo.DAG_ID}/dagRuns",
-        state=["success"],
-        order_by="-start_date",
-        limit=1,
-    )["dag_runs"]
-    if not runs:
-        return None
-    return UiRun(d.url, d.password(), api, runs[0]["dag_run_id"], True, io.StringIO())
+@dataclass
+class UiRun:
+    """A finished run of the DAG on the stack, for the UI to show."""
+
+    url: str
+    password: str
+    run_id: str
+    state: str
 
 
-@pytest.fixture(scope="module")
-def ui_run() -> Iterator[UiRun]:
-    """Reuse a finished demo run, or start a stack of our own and trigger a run on it."""
-    reused = _reusable_demo()
-    if reused is not None:
-        print(f"\n[browser] reusing the running demo at {reused.url}, run {reused.run_id}")
-        yield reused
-        return
-    home = Path(tempfile.mkdtemp(prefix="browser-ui-"))
+@pytest.fixture(scope="package")
+def stack() -> Iterator[Stack]:
+    """This package's own sandbox and `airflow standalone`, stopped after its tests."""
+    home = Path(tempfile.mkdtemp(prefix="standalone-"))
     env = {**os.environ, **OWN_PORTS, "SANDBOX_HOME": str(home / "sandbox")}
     env.pop("SANDBOX_PROMETHEUS_URL", None)
     own = demo.Demo(home=home, port=OWN_AIRFLOW_PORT)
     t0 = time.monotonic()
     try:
-        stack = demo.bring_up(own, env)
-        api = stack.api()
-        conf = {**demo.conf_for(stack.box), **FAST_PARAMS}
-        run_id = demo.trigger(api, conf)
-        print(f"\n[browser] own stack up in {time.monotonic() - t0:.0f}s; run {run_id}")
-        yield UiRun(own.url, own.password(), api, run_id, False, io.StringIO())
+        up = demo.bring_up(own, env, extra_namespaces=EXTRA_NAMESPACES)
+        print(f"\n[standalone] stack up in {time.monotonic() - t0:.0f}s")
+        yield Stack(own.url, own.password(), up.api(), up.box, io.StringIO())
     finally:
         if own.log.exists():
             OUT.mkdir(parents=True, exist_ok=True)
@@ -128,7 +132,21 @@ def ui_run() -> Iterator[UiRun]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+def reseed(stack: Stack) -> None:
+    """Back to the procedure's starting state (old revision everywhere)."""
+    env = {**os.environ, **OWN_PORTS, "SANDBOX_HOME": stack.box["SANDBOX_HOME"]}
+    demo.sandbox_up(env, EXTRA_NAMESPACES)
+
+
+@pytest.fixture(scope="package")
+def ui_run(stack: Stack) -> UiRun:
+    """One whole upgrade from the seeded state, two namespaces a wave, followed to its end."""
+    reseed(stack)
+    run_id, state = stack.run(wave_concurrency=2)
+    return UiRun(stack.url, stack.password, run_id, state)
+
+
+@pytest.fixture(scope="package")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Headless Debian Chromium with a fresh profile (never a Playwright-downloaded browser)."""
     from playwright.sync_api import sync_playwright
@@ -149,7 +167,7 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         context.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def page(browser_context: Any, ui_run: UiRun) -> Any:
     """A page logged in through the UI's own sign-in form (SimpleAuthManager)."""
     from playwright.sync_api import expect

@@ -1,0 +1,111 @@
+"""This run's task states and XComs, read from inside a trigger and shared by its neighbours.
+
+A thousand namespace triggers of one run wait in one triggerer process; each looking at the
+run on its own would ask the API server a thousand times per poll. Reads here are cached for
+a moment per event loop and shared by every trigger that asks the same question, so the
+cost of waiting grows with the number of waves in flight, not with the namespaces waiting.
+The SDK calls are synchronous (they talk to the supervisor), so they run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# How long an answer is reused: shorter than any poll interval, so no trigger reads old news.
+TTL_SECONDS = 1.0
+
+# One SDK call at a time: they share one channel to the supervisor anyway, and the in-process
+# channel of dag.test() is not safe for two threads at once.
+_sdk_call = threading.Lock()
+
+# key -> (expiry, the read in flight or done); a future belongs to the loop that made it
+_cache: dict[tuple[Any, ...], tuple[float, asyncio.Future[Any]]] = {}
+
+
+async def _shared(key: tuple[Any, ...], fetch: Callable[[], T]) -> T:
+    """One `fetch` per key and TTL for every trigger of this event loop that asks."""
+    loop = asyncio.get_running_loop()
+    now = time.monotonic()
+    hit = _cache.get(key)
+    if hit is not None and hit[0] > now and hit[1].get_loop() is loop:
+        return await asyncio.shield(hit[1])
+    for k in [k for k, (expires, _) in _cache.items() if expires <= now]:
+        del _cache[k]
+
+    def locked() -> T:
+        with _sdk_call:
+            return fetch()
+
+    future: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(locked))
+    _cache[key] = (now + TTL_SECONDS, future)
+    try:
+        return await asyncio.shield(future)
+    except BaseException:
+        _cache.pop(key, None)  # a failed read is not shared with the next asker
+        raise
+
+
+def map_index_states(raw: dict[str, Any], run_id: str, task_id: str) -> dict[int, str | None]:
+    """The states of one mapped task by map index, from the SDK's `get_task_states` answer.
+
+    The SDK keys mapped task instances `<task_id>_<map_index>` (its own format; the only
+    public way to read many task states at once), so this is the one place that parses it.
+    """
+    prefix = f"{task_id}_"
+    states: dict[int, str | None] = {}
+    for key, state in raw.get(run_id, {}).items():
+        index = key.removeprefix(prefix)
+        if key.startswith(prefix) and index.isdigit():
+            states[int(index)] = state
+    return states
+
+
+async def task_states(dag_id: str, run_id: str, task_id: str) -> dict[int, str | None]:
+    """The state of every mapped instance of `task_id` in this run, by map index."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    def fetch() -> dict[int, str | None]:
+        raw = RuntimeTaskInstance.get_task_states(
+            dag_id=dag_id, task_ids=[task_id], run_ids=[run_id]
+        )
+        return map_index_states(raw, run_id, task_id)
+
+    return await _shared(("states", dag_id, run_id, task_id), fetch)
+
+
+async def xcoms(
+    key: str, dag_id: str, run_id: str, task_id: str, map_indexes: Iterable[int]
+) -> dict[int, Any]:
+    """The XCom `key` of the given map indexes of `task_id` (missing ones left out)."""
+    from airflow.sdk.execution_time.xcom import XCom
+
+    async def one(index: int) -> Any:
+        def fetch() -> Any:
+            return XCom.get_one(
+                key=key, dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=index
+            )
+
+        return await _shared(("xcom", key, dag_id, run_id, task_id, index), fetch)
+
+    indexes = list(map_indexes)
+    values = await asyncio.gather(*(one(i) for i in indexes))
+    return {i: v for i, v in zip(indexes, values, strict=True) if v is not None}
+
+
+async def push_xcom(
+    key: str, value: Any, dag_id: str, run_id: str, task_id: str, map_index: int
+) -> None:
+    """Store an XCom for a task instance from its trigger (before the trigger ends the task)."""
+    from airflow.sdk.execution_time.xcom import XCom
+
+    def store() -> None:
+        with _sdk_call:
+            XCom.set(key, value, dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
+
+    await asyncio.to_thread(store)
