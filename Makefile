@@ -52,14 +52,34 @@ test: setup browser-deps lint
 	$(PYTEST) tests
 
 # Benchmarks print ratios against a baseline run in the same process. They use a sandbox of
-# their own (other ports, BENCH_NAMESPACES extra namespaces) and stop it afterwards.
+# their own (other ports) and stop it afterwards. bench/snapshot_scale.py reads the mesh with
+# BENCH_NAMESPACES extra namespaces; bench/upgrade_scale.py runs the runbook, the floor and
+# the DAG under airflow standalone (its own Airflow: BENCH_DEMO_ENV) on one sandbox per size
+# of BENCH_SIZES (meshed namespaces in all), with kwok's pod-ready delay BENCH_POD_READY_MS;
+# BENCH_WAVE_CONCURRENCY (one per size) overrides its defaults (50 -> 10, 200 -> 25);
+# BENCH_ARGS passes more, e.g. BENCH_ARGS='--skip parse --json out/bench.json'.
 BENCH_NAMESPACES ?= 200
-BENCH_ENV := SANDBOX_HOME=/tmp/istio-canary-bench SANDBOX_ETCD_PORT=42379 \
-  SANDBOX_APISERVER_PORT=46443 SANDBOX_KWOK_PORT=50247 SANDBOX_KUBELET_PORT=50250 \
-  SANDBOX_TRAFFIC_PORT=49464 \
-  SANDBOX_PROMETHEUS_PORT=49090
+BENCH_SIZES ?= 50 200
+BENCH_POD_READY_MS ?= 5000
+BENCH_WAVE_CONCURRENCY ?=
+BENCH_ARGS ?=
+# Ports below Linux's ephemeral range (32768-60999), where outgoing connections may hold them.
+BENCH_ENV := SANDBOX_HOME=/tmp/istio-canary-bench SANDBOX_ETCD_PORT=23379 \
+  SANDBOX_APISERVER_PORT=27443 SANDBOX_KWOK_PORT=31247 SANDBOX_KUBELET_PORT=31250 \
+  SANDBOX_TRAFFIC_PORT=29564 \
+  SANDBOX_PROMETHEUS_PORT=29190
+BENCH_DEMO_ENV := DEMO_HOME=/tmp/istio-canary-bench-airflow DEMO_PORT=28180
 .PHONY: bench
 bench: setup
-	$(BENCH_ENV) sandbox/sandbox up --seed --extra-namespaces $(BENCH_NAMESPACES) > /tmp/istio-canary-bench.env
-	. /tmp/istio-canary-bench.env && $(PY) bench/snapshot_scale.py; rc=$$?; \
-	  $(BENCH_ENV) sandbox/sandbox down --purge; exit $$rc
+	@rc=0; \
+	$(BENCH_ENV) sandbox/sandbox up --seed --extra-namespaces $(BENCH_NAMESPACES) \
+	  > /tmp/istio-canary-bench.env && \
+	  (. /tmp/istio-canary-bench.env && $(PY) bench/snapshot_scale.py) || rc=1; \
+	$(BENCH_ENV) sandbox/sandbox down --purge; \
+	$(BENCH_ENV) $(BENCH_DEMO_ENV) $(PY) bench/upgrade_scale.py --namespaces $(BENCH_SIZES) \
+	  --pod-ready-ms $(BENCH_POD_READY_MS) \
+	  $(if $(strip $(BENCH_WAVE_CONCURRENCY)),--wave-concurrency $(BENCH_WAVE_CONCURRENCY)) \
+	  $(BENCH_ARGS) || rc=1; \
+	$(BENCH_ENV) $(BENCH_DEMO_ENV) $(PY) scripts/demo.py stop; \
+	$(BENCH_ENV) sandbox/sandbox down --purge; \
+	exit $$rc

@@ -299,11 +299,12 @@ def namespace_view(kube: Kube, namespace: str) -> NamespaceView:
 
 
 def workload_rollouts(
-    kube: Kube, namespace: str, kinds: Iterable[str]
+    kube: Kube, namespace: str, kinds: Iterable[str], since: float | None = None
 ) -> dict[WorkloadRef, RolloutState]:
-    """Rollout status of every workload of the given kinds in one namespace (a list per kind)."""
+    """Rollout status of every workload of the given kinds in one namespace (a list per kind);
+    `since` as in `rollout_state`."""
     return {
-        WorkloadRef(o.kind, namespace, o.metadata.name): rollout_state(o)
+        WorkloadRef(o.kind, namespace, o.metadata.name): rollout_state(o, since)
         for kind in sorted(set(kinds))
         for o in _list_workloads(kube, namespace, kind)
     }
@@ -373,8 +374,26 @@ class RolloutState:
     message: str
 
 
-def rollout_state(obj: Any) -> RolloutState:
-    """`kubectl rollout status` semantics for a Deployment, StatefulSet or DaemonSet object."""
+def _deadline_exceeded(cond: Any, since: float | None) -> bool:
+    """A Deployment's progress deadline passed, and not before `since` (epoch seconds).
+
+    A condition older than `since` is old news: it stays until the controller sees progress,
+    which after a fix (a quota raised, a webhook back) may take a while; the caller's own
+    deadline bounds the wait instead.
+    """
+    if cond.type != "Progressing" or cond.reason != "ProgressDeadlineExceeded":
+        return False
+    updated = cond.last_update_time
+    # the API keeps whole seconds: allow the one the caller began in
+    return since is None or updated is None or updated.timestamp() >= since - 1
+
+
+def rollout_state(obj: Any, since: float | None = None) -> RolloutState:
+    """`kubectl rollout status` semantics for a Deployment, StatefulSet or DaemonSet object.
+
+    With `since`, a progress deadline exceeded before then does not count as failed (see
+    `_deadline_exceeded`): a namespace retried after a fix waits for its rollout again.
+    """
     kind = obj.kind or type(obj).__name__.removeprefix("V1")
     name = f"{kind}/{obj.metadata.namespace}/{obj.metadata.name}"
     st, spec = obj.status, obj.spec
@@ -382,7 +401,7 @@ def rollout_state(obj: Any) -> RolloutState:
         return RolloutState(False, False, f"{name}: waiting for the spec update to be observed")
     if kind == "Deployment":
         for cond in st.conditions or []:
-            if cond.type == "Progressing" and cond.reason == "ProgressDeadlineExceeded":
+            if _deadline_exceeded(cond, since):
                 return RolloutState(False, True, f"{name}: exceeded its progress deadline")
         want, updated = spec.replicas if spec.replicas is not None else 1, st.updated_replicas or 0
         if updated < want:

@@ -318,7 +318,9 @@ class NamespaceUpgradeTrigger(BaseTrigger):
         kinds = {w.kind for w in view.state.workloads}
         while True:
             try:
-                rollouts = await asyncio.to_thread(cluster.workload_rollouts, kube, ns, kinds)
+                rollouts = await asyncio.to_thread(
+                    cluster.workload_rollouts, kube, ns, kinds, started
+                )
             except _api_errors() as err:
                 if not _transient(err) or time.time() > deadline:
                     return outcome(waves.State.FAILED, f"{ns}: rollout not readable: {err}")

@@ -41,16 +41,18 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# Ports of the session's own stack: apart from the default sandbox (1xxxx) and a demo.
+# Ports of the package's own stack: apart from the default sandbox (1xxxx), a demo and the
+# benchmarks, and below Linux's ephemeral range (32768-60999), where a client's outgoing
+# connection may already hold the port (seen: the apiserver's connection to etcd on 39090).
 OWN_PORTS = {
-    "SANDBOX_ETCD_PORT": "32379",  # and 32380
-    "SANDBOX_APISERVER_PORT": "36443",
-    "SANDBOX_KWOK_PORT": "40247",
-    "SANDBOX_KUBELET_PORT": "40250",
-    "SANDBOX_TRAFFIC_PORT": "39464",
-    "SANDBOX_PROMETHEUS_PORT": "39090",
+    "SANDBOX_ETCD_PORT": "22379",  # and 22380
+    "SANDBOX_APISERVER_PORT": "26443",
+    "SANDBOX_KWOK_PORT": "30247",
+    "SANDBOX_KUBELET_PORT": "30250",
+    "SANDBOX_TRAFFIC_PORT": "29464",
+    "SANDBOX_PROMETHEUS_PORT": "29090",
 }
-OWN_AIRFLOW_PORT = 38080  # and 38081, 38082 for the log servers
+OWN_AIRFLOW_PORT = 28080  # and 28081, 28082 for the log servers
 # A quick run: what tests/dags uses, enough for a finished grid with mapped namespaces.
 FAST_PARAMS: dict[str, Any] = {
     "bake_seconds": 6,
