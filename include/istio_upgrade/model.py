@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 SIDECAR_STATUS = "sidecar.istio.io/status"
 PROXY_CONTAINER = "istio-proxy"
@@ -85,32 +84,6 @@ class MeshSnapshot:
     tags: tuple[RevisionTag, ...]
     namespaces: tuple[NamespaceState, ...]
     taken_at: str  # ISO 8601, UTC
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MeshSnapshot:
-        def workload(d: dict[str, Any] | None) -> WorkloadRef | None:
-            return WorkloadRef(**d) if d else None
-
-        def pod(d: dict[str, Any]) -> PodState:
-            return PodState(**{**d, "owner": workload(d.get("owner"))})
-
-        return cls(
-            control_planes=tuple(ControlPlane(**c) for c in data["control_planes"]),
-            tags=tuple(RevisionTag(**t) for t in data["tags"]),
-            namespaces=tuple(
-                NamespaceState(
-                    name=n["name"],
-                    labels=dict(n["labels"]),
-                    workloads=tuple(WorkloadRef(**w) for w in n["workloads"]),
-                    pods=tuple(pod(p) for p in n["pods"]),
-                )
-                for n in data["namespaces"]
-            ),
-            taken_at=data["taken_at"],
-        )
 
     def tag(self, name: str) -> RevisionTag | None:
         return next((t for t in self.tags if t.name == name), None)

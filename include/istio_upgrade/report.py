@@ -3,17 +3,57 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter
 
 from istio_upgrade.health import Metric, MetricCheck
-from istio_upgrade.model import MeshSnapshot, NamespaceState, UpgradePhase
+from istio_upgrade.model import MeshSnapshot, UpgradePhase
 from istio_upgrade.progress import revision_counts
 
 
-def revisions_text(namespace: NamespaceState | None) -> str:
+@dataclass(frozen=True)
+class MeshSummary:
+    """What the report shows of a snapshot: a few bytes per namespace, not per pod.
+
+    The state before the run travels in XCom from precheck to the report; the whole snapshot
+    (every pod) would grow to megabytes at a thousand namespaces.
+    """
+
+    taken_at: str
+    control_planes: tuple[str, ...]  # "1-15-4", or "1-15-4 (not ready)"
+    tags: dict[str, str]  # tag -> revision
+    namespaces: dict[str, dict[str, int]]  # namespace -> live injected pods per revision
+
+    @classmethod
+    def of(cls, snapshot: MeshSnapshot) -> MeshSummary:
+        planes = sorted(snapshot.control_planes, key=lambda c: c.revision)
+        return cls(
+            taken_at=snapshot.taken_at,
+            control_planes=tuple(
+                f"{c.revision}{'' if c.ready else ' (not ready)'}" for c in planes
+            ),
+            tags={t.name: t.revision for t in snapshot.tags},
+            namespaces={n.name: revision_counts(n.pods) for n in snapshot.namespaces},
+        )
+
+
+_SUMMARY = TypeAdapter(MeshSummary)
+
+
+def summary_to_json(summary: MeshSummary) -> dict[str, Any]:
+    return dict(_SUMMARY.dump_python(summary, mode="json"))
+
+
+def summary_from_json(data: Any) -> MeshSummary:
+    return _SUMMARY.validate_python(data)
+
+
+def revisions_text(counts: Mapping[str, int] | None) -> str:
     """What a namespace's live proxies run: `1-15-4 x3`, a mix, `-` (none) or `absent`."""
-    if namespace is None:
+    if counts is None:
         return "absent"
-    counts = revision_counts(namespace.pods)
     return ", ".join(f"{rev} x{n}" for rev, n in counts.items()) or "-"
 
 
@@ -36,11 +76,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def _control_planes(snapshot: MeshSnapshot) -> str:
-    planes = sorted(snapshot.control_planes, key=lambda c: c.revision)
-    return ", ".join(f"{c.revision}{'' if c.ready else ' (not ready)'}" for c in planes) or "none"
-
-
 def _figure(check: MetricCheck, value: float | None) -> str:
     if value is None:
         return "-"
@@ -48,43 +83,39 @@ def _figure(check: MetricCheck, value: float | None) -> str:
 
 
 def render_report(
-    before: MeshSnapshot,
-    after: MeshSnapshot,
+    before: MeshSummary,
+    after: MeshSummary,
     timings: Mapping[str, float],
     checks: Sequence[MetricCheck],
     phase: UpgradePhase,
     reason: str,
 ) -> str:
-    """The report of one run, from two snapshots and what the tasks measured; pure."""
+    """The report of one run, from two summaries and what the tasks measured; pure."""
     lines = [
         "Istio canary upgrade report",
         f"Phase: {phase.value}: {reason}",
         f"Taken: before {before.taken_at}, after {after.taken_at}",
         "",
         "Control planes:",
-        f"  before: {_control_planes(before)}",
-        f"  after:  {_control_planes(after)}",
+        f"  before: {', '.join(before.control_planes) or 'none'}",
+        f"  after:  {', '.join(after.control_planes) or 'none'}",
     ]
-    tags = sorted({t.name for t in (*before.tags, *after.tags)})
+    tags = sorted({*before.tags, *after.tags})
     if tags:
         lines += ["", "Tags:"]
         lines += _table(
             ("TAG", "BEFORE", "AFTER"),
             [
-                (
-                    name,
-                    (b.revision if (b := before.tag(name)) else "absent"),
-                    (a.revision if (a := after.tag(name)) else "absent"),
-                )
+                (name, before.tags.get(name, "absent"), after.tags.get(name, "absent"))
                 for name in tags
             ],
         )
-    names = sorted({n.name for n in (*before.namespaces, *after.namespaces)})
+    names = sorted({*before.namespaces, *after.namespaces})
     lines += ["", "Namespaces (live injected pods per revision):"]
     lines += _table(
         ("NAMESPACE", "BEFORE", "AFTER"),
         [
-            (n, revisions_text(before.namespace(n)), revisions_text(after.namespace(n)))
+            (n, revisions_text(before.namespaces.get(n)), revisions_text(after.namespaces.get(n)))
             for n in names
         ],
     )

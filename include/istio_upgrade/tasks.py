@@ -112,7 +112,7 @@ def precheck(resolved: dict[str, Any], run_id: str) -> dict[str, Any]:
     run = _run(resolved, run_id)
     output = steps.precheck(run.istioctl)
     snap = cluster.snapshot(run.kube)
-    return {"precheck": output, "before": snap.to_dict()}
+    return {"precheck": output, "before": report.summary_to_json(report.MeshSummary.of(snap))}
 
 
 def install(resolved: dict[str, Any], run_id: str) -> bool:
@@ -448,8 +448,8 @@ def final_report(
         reason = f"{', '.join(failed)} failed; rolled back: {reason}"
     checks = [health.MetricCheck.from_dict(c) for c in (gate or {}).get("checks", [])]
     text = report.render_report(
-        before=MeshSnapshot.from_dict(pre["before"]),
-        after=after,
+        before=report.summary_from_json(pre["before"]),
+        after=report.MeshSummary.of(after),
         timings=timings,
         checks=checks,
         phase=phase,

@@ -14,7 +14,15 @@ from istio_upgrade.model import (
     UpgradePhase,
     WorkloadRef,
 )
-from istio_upgrade.report import duration_text, render_report, revisions_text
+from istio_upgrade.progress import revision_counts
+from istio_upgrade.report import (
+    MeshSummary,
+    duration_text,
+    render_report,
+    revisions_text,
+    summary_from_json,
+    summary_to_json,
+)
 
 OLD, NEW = "1-14-6", "1-15-4"
 
@@ -28,13 +36,15 @@ def app(name: str, *revisions: str | None) -> NamespaceState:
     return NamespaceState(name, {"istio.io/rev": "default"}, (ref,), pods)
 
 
-def snapshot(planes: tuple[str, ...], tag: str, *namespaces: NamespaceState) -> MeshSnapshot:
-    return MeshSnapshot(
+def snapshot(planes: tuple[str, ...], tag: str, *namespaces: NamespaceState) -> MeshSummary:
+    """The report's view of a mesh, through the summary precheck pushes (JSON and back)."""
+    snap = MeshSnapshot(
         tuple(ControlPlane(r, True, None, True) for r in planes),
         (RevisionTag("default", tag),),
         namespaces,
         "2025-01-01T02:00:00+00:00",
     )
+    return summary_from_json(summary_to_json(MeshSummary.of(snap)))
 
 
 @pytest.mark.parametrize(
@@ -47,7 +57,17 @@ def snapshot(planes: tuple[str, ...], tag: str, *namespaces: NamespaceState) -> 
     ],
 )
 def test_revisions_text(ns: NamespaceState | None, text: str) -> None:
-    assert revisions_text(ns) == text
+    assert revisions_text(None if ns is None else revision_counts(ns.pods)) == text
+
+
+def test_the_summary_stays_small_however_many_pods() -> None:
+    pods = [NEW] * 400
+    summary = summary_to_json(MeshSummary.of(snapshot_of(app("big", *pods))))
+    assert summary["namespaces"] == {"big": {NEW: 400}}
+
+
+def snapshot_of(*namespaces: NamespaceState) -> MeshSnapshot:
+    return MeshSnapshot((), (), namespaces, "2025-01-01T02:00:00+00:00")
 
 
 @pytest.mark.parametrize(
