@@ -55,12 +55,25 @@ def version_of_revision(revision: str) -> str:
     return revision.replace("-", ".")
 
 
+def search_folders() -> list[str]:
+    """The operator's folders of istioctl binaries ($ISTIOCTL_SEARCH_PATH, colon separated)."""
+    return [f for f in os.environ.get(SEARCH_PATH_ENV, DEFAULT_SEARCH_PATH).split(":") if f]
+
+
+def _inside(path: str, folders: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real.startswith(os.path.realpath(f) + os.sep) for f in folders)
+
+
 def resolve(spec: str, target_revision: str) -> str:
     """The istioctl binary to use: a path, a version (`1.31.0`), or "" for the target's version.
 
     Versions are looked up as `istioctl-<version>*/istioctl` in the folders of
-    $ISTIOCTL_SEARCH_PATH (colon separated), so `1.31.0` finds a `1.31.0-dev` build too.
+    $ISTIOCTL_SEARCH_PATH (colon separated), so `1.31.0` finds a `1.31.0-dev` build too. A
+    path must lie in one of those folders: whoever may trigger the DAG chooses its params,
+    and must not make the worker run a program of their choice.
     """
+    folders = search_folders()
     if spec and ("/" in spec or spec == "istioctl"):
         path = shutil.which(spec) if spec == "istioctl" else spec
         if not path or not os.access(path, os.X_OK):
@@ -70,9 +83,17 @@ def resolve(spec: str, target_revision: str) -> str:
                 "is not an executable file",
                 "give the path of an istioctl binary, or its version",
             )
+        if not _inside(path, folders):
+            raise ParamError(
+                "istioctl",
+                spec,
+                f"is outside the istioctl folders the operator allows ({SEARCH_PATH_ENV}: "
+                f"{':'.join(folders)})",
+                "give a version such as '1.31.0' instead, or ask the operator to put the binary "
+                "at <folder>/istioctl-<version>/istioctl in one of those folders",
+            )
         return path
     version = spec or version_of_revision(target_revision)
-    folders = os.environ.get(SEARCH_PATH_ENV, DEFAULT_SEARCH_PATH).split(":")
     for folder in folders:
         matches = sorted(glob.glob(os.path.join(folder, f"istioctl-{version}*", "istioctl")))
         if matches:
@@ -84,6 +105,43 @@ def resolve(spec: str, target_revision: str) -> str:
         f"put it at <folder>/istioctl-{version}/istioctl (folders from "
         f"${SEARCH_PATH_ENV}) or pass its path",
     )
+
+
+def client_version(binary: str, timeout_seconds: float = 30.0) -> str:
+    """What an istioctl binary says its own version is (`istioctl version --remote=false`)."""
+    try:
+        proc = subprocess.run(
+            [binary, "version", "--remote=false", "--short"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout_seconds,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ParamError(
+            "istioctl", binary, f"did not answer `version` ({err})", "give a working istioctl"
+        ) from err
+    text = proc.stdout.strip().removeprefix("client version:").strip()
+    if proc.returncode != 0 or not text:
+        raise ParamError(
+            "istioctl",
+            binary,
+            f"`version --remote=false` exited {proc.returncode} without a version",
+            "give an istioctl binary (its version decides what `install` installs)",
+        )
+    return text.splitlines()[0].strip()
+
+
+def check_version(binary: str, expected: str) -> None:
+    """The binary is the istioctl of `expected` (`1.31.0` accepts a `1.31.0-dev` build)."""
+    found = client_version(binary)
+    if found != expected and not found.startswith(expected + "-"):
+        raise ParamError(
+            "istioctl",
+            binary,
+            f"is istioctl {found}, which would install Istio {found}, not {expected}",
+            f"give the istioctl of {expected} (its path or version)",
+        )
 
 
 @dataclass(frozen=True)

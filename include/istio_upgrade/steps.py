@@ -16,13 +16,20 @@ from istio_upgrade.cluster import Kube
 from istio_upgrade.errors import ClusterStateError, NothingToDo, ParamError, RevisionInUse
 from istio_upgrade.istioctl import (
     Runner,
+    check_version,
     install_args,
     precheck_args,
     resolve,
     tag_set_args,
     uninstall_args,
 )
-from istio_upgrade.model import MeshSnapshot, NamespaceState, WorkloadRef, points_at_tag
+from istio_upgrade.model import (
+    MeshSnapshot,
+    NamespaceState,
+    WorkloadRef,
+    points_at_tag,
+    revision_version,
+)
 from istio_upgrade.params import (
     ResolvedParams,
     UpgradeParams,
@@ -76,7 +83,11 @@ def validate(kube: Kube, raw: dict[str, Any]) -> ResolvedParams:
 def check_istioctl(kube: Kube, params: UpgradeParams) -> None:
     """The istioctl the run will use can run: the local binary, or the pods' ServiceAccount."""
     if params.istioctl_runner == "local":
-        resolve(params.istioctl, params.target_revision)
+        binary = resolve(params.istioctl, params.target_revision)
+        # a path is checked against the version the target spells (when it spells one)
+        expected = params.istioctl_version or revision_version(params.target_revision)
+        if expected is not None:
+            check_version(binary, expected)
     elif not cluster.service_account_exists(
         kube, istioctl_pod.NAMESPACE, istioctl_pod.SERVICE_ACCOUNT
     ):
