@@ -263,19 +263,16 @@ class NamespaceUpgradeTrigger(BaseTrigger):
             yield TriggerEvent({"status": "failed", "message": outcome.reason})
 
     async def _await_turn(self, item: waves.WaveItem) -> waves.Turn:
-        previous = range(item.previous_start, item.previous_start + len(item.previous))
         while True:
             states: dict[int, str | None] = {}
-            outcomes: dict[str, waves.NamespaceOutcome] = {}
+            outcomes: dict[int, waves.NamespaceOutcome] = {}
             if item.wave > 0:
                 states = await run_state.task_states(self.dag_id, self.run_id, self.upgrade_task_id)
                 if waves.previous_done(item, states):
                     found = await run_state.xcoms(
-                        "outcome", self.dag_id, self.run_id, self.upgrade_task_id, previous
+                        "outcome", self.dag_id, self.run_id, self.upgrade_task_id, item.previous
                     )
-                    outcomes = {
-                        o.namespace: o for o in map(waves.outcome_from_json, found.values())
-                    }
+                    outcomes = {i: waves.outcome_from_json(v) for i, v in found.items()}
             decision = waves.turn(
                 item,
                 states,

@@ -3,8 +3,8 @@
 Pure decisions over plain data. One mapped task per namespace (named by it in the grid); its
 trigger waits for the turn, restarts, waits for the rollout and verifies, all in the
 triggerer (see docs/fan-out.md). A namespace's turn is read from the task states and
-outcomes of the wave just before it only, so what a trigger carries and reads stays O(wave
-size) however many namespaces the run moves; outcomes carry forward what later waves need
+outcomes of the wave just before it only, so a trigger carries a few numbers and reads
+O(wave size) however many namespaces the run moves; outcomes carry forward what later waves need
 (the failed namespaces, the longest wave so far, a hold).
 """
 
@@ -32,8 +32,13 @@ class WaveItem:
     namespace: str
     wave: int  # 0 for the first wave after the canary
     index: int  # the map index of this namespace's task
-    previous: tuple[str, ...]  # the namespaces of the wave before, in map order
-    previous_start: int  # map index of previous[0]
+    previous_start: int  # map index of the first namespace of the wave before
+    previous_count: int  # how many namespaces the wave before has (0 for the first wave)
+
+    @property
+    def previous(self) -> range:
+        """The map indexes of the wave before."""
+        return range(self.previous_start, self.previous_start + self.previous_count)
 
 
 class State(StrEnum):
@@ -93,14 +98,14 @@ def outcome_from_json(data: Any) -> NamespaceOutcome:
 def wave_items(waves: Sequence[Sequence[str]]) -> list[WaveItem]:
     """The mapped items, in wave order: map index = position in this list."""
     items: list[WaveItem] = []
-    previous: tuple[str, ...] = ()
-    previous_start = 0
+    previous_start = previous_count = 0
     for wave_no, wave in enumerate(waves):
         start = len(items)
         items += [
-            WaveItem(ns, wave_no, start + i, previous, previous_start) for i, ns in enumerate(wave)
+            WaveItem(ns, wave_no, start + i, previous_start, previous_count)
+            for i, ns in enumerate(wave)
         ]
-        previous, previous_start = tuple(wave), start
+        previous_start, previous_count = start, len(wave)
     return items
 
 
@@ -123,14 +128,9 @@ class Turn:
     failed: tuple[str, ...] = ()
 
 
-def previous_states(item: WaveItem, states: Mapping[int, str | None]) -> list[str | None]:
-    """The task states of the wave before, in its map order (None: not scheduled yet)."""
-    return [states.get(item.previous_start + i) for i in range(len(item.previous))]
-
-
 def previous_done(item: WaveItem, states: Mapping[int, str | None]) -> bool:
     """Whether every task of the wave before has ended (the first wave never waits)."""
-    return all(s in TERMINAL_STATES for s in previous_states(item, states))
+    return all(states.get(i) in TERMINAL_STATES for i in item.previous)
 
 
 def longest_wave(
@@ -147,7 +147,7 @@ def longest_wave(
 def turn(
     item: WaveItem,
     states: Mapping[int, str | None],
-    outcomes: Mapping[str, NamespaceOutcome],
+    outcomes: Mapping[int, NamespaceOutcome],
     *,
     now: float,
     window_end: float | None,
@@ -156,21 +156,19 @@ def turn(
 ) -> Turn:
     """May `item` start now? Read from the wave before: its task states, then its outcomes.
 
-    `outcomes` are those of the wave before, by namespace (a failed task may have none).
+    `outcomes` are those of the wave before, by map index (a failed task may have none).
     Failures stop every later wave; a hold is sticky; otherwise the window decides, with the
     longest wave so far as the estimate (the canary's before any wave; else the fallback).
     """
     if item.wave > 0 and not previous_done(item, states):
         return Turn(Call.WAIT, "waiting for the wave before to finish")
-    before = [outcomes[n] for n in item.previous if n in outcomes]
+    before = [outcomes[i] for i in item.previous if i in outcomes]
     failed = sorted(
         {f for o in before for f in o.failed}
         | {o.namespace for o in before if o.state is State.FAILED}
-        | {
-            ns
-            for ns, s in zip(item.previous, previous_states(item, states), strict=True)
-            if s in FAILED_STATES and ns not in outcomes
-        }
+        # a task that failed before its trigger said anything: named by its place
+        | {f"upgrade_namespace[{i}]" for i in item.previous if states.get(i) in FAILED_STATES}
+        - {f"upgrade_namespace[{i}]" for i in outcomes}
     )
     longest = longest_wave(before, canary_seconds) if item.wave > 0 else canary_seconds
     if failed:

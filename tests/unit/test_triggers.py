@@ -103,4 +103,10 @@ def test_namespace_trigger_serializes_plain_data() -> None:
     path, kwargs = t.serialize()
     assert path == "istio_upgrade.triggers.NamespaceUpgradeTrigger"
     assert NamespaceUpgradeTrigger(**kwargs).serialize() == (path, kwargs)
-    assert kwargs["item"]["previous"] == ["foo"]  # the wave before, nothing more
+    assert kwargs["item"] == {  # a few numbers, however many namespaces the run moves
+        "namespace": "bar",
+        "wave": 1,
+        "index": 1,
+        "previous_start": 0,
+        "previous_count": 1,
+    }
