@@ -12,9 +12,11 @@ Moves the mesh from one Istio control-plane revision to the next, the revision-b
 5. **restart the canary namespaces**, wait, verify;
 6. **metric gate**: success rate and p99 from Prometheus over the bake time; with
    `require_approval`, then **a person approves** (Approve / Reject, with the canary's figures);
-7. **branch**: *continue* upgrades the remaining namespaces in waves (one mapped task
-   group per namespace), then removes the old revision once nothing uses it; *rollback*
-   moves the tag back, restarts what moved, verifies the old proxies and ends the run failed;
+7. **branch**: *continue* upgrades the remaining namespaces in waves (one task per
+   namespace, named by it, which waits for its turn, restarts and verifies in the
+   triggerer), then removes the old revision once nothing uses it; *rollback* (after a
+   failed gate, a rejection, or any step failing after the tag moved: `on_failure`) moves
+   the tag back, restarts what moved, verifies the old proxies and ends the run failed;
 8. **report**: revisions per namespace before and after, timings and metric figures.
 
 Every task is safe to clear and re-run: it compares the cluster with the goal and acts
