@@ -14,7 +14,8 @@ import subprocess
 from typing import Any
 
 import pytest
-from standalone_stack import OWN_PORTS, Stack, UiRun, reseed
+
+from standalone.standalone_stack import OWN_PORTS, Stack, UiRun, reseed
 
 pytestmark = pytest.mark.sandbox
 

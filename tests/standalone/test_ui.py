@@ -8,9 +8,9 @@ import urllib.parse
 from typing import Any
 
 import pytest
-from standalone_stack import OUT, Stack, UiRun
 
 from istio_upgrade.params import PARAM_SPECS
+from standalone.standalone_stack import OUT, Stack, UiRun
 
 pytestmark = pytest.mark.sandbox
 
