@@ -21,6 +21,7 @@ from istio_upgrade.deadline import Span
 from istio_upgrade.errors import RolloutFailed
 from istio_upgrade.model import WorkloadRef
 from istio_upgrade.params import ResolvedParams
+from istio_upgrade.run_state import task_key
 from istio_upgrade.steps import restart_stamp
 from istio_upgrade.triggers import MetricGateTrigger, NamespaceUpgradeTrigger, RolloutTrigger
 
@@ -51,11 +52,9 @@ def failed_tasks(context: Context, among: Collection[str] | None = None) -> list
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
     failed = []
     for key, state in states.items():
-        # mapped instances come keyed `<task_id>_<map_index>` (the SDK's format)
-        task_id, _, index = key.rpartition("_")
-        name = f"{task_id}[{index}]" if task_id and index.isdigit() else key
-        if state == "failed" and (among is None or name.split("[")[0] in among):
-            failed.append(name)
+        task_id, index = task_key(key)
+        if state == "failed" and (among is None or task_id in among):
+            failed.append(task_id if index < 0 else f"{task_id}[{index}]")
     return sorted(failed)
 
 

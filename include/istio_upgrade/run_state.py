@@ -51,18 +51,23 @@ async def _shared(key: tuple[Any, ...], fetch: Callable[[], T]) -> T:
         raise
 
 
-def map_index_states(raw: dict[str, Any], run_id: str, task_id: str) -> dict[int, str | None]:
-    """The states of one mapped task by map index, from the SDK's `get_task_states` answer.
+def task_key(key: str) -> tuple[str, int]:
+    """(task_id, map_index) of a key of the SDK's `get_task_states` answer (-1: not mapped).
 
     The SDK keys mapped task instances `<task_id>_<map_index>` (its own format; the only
     public way to read many task states at once), so this is the one place that parses it.
     """
-    prefix = f"{task_id}_"
+    task_id, _, index = key.rpartition("_")
+    return (task_id, int(index)) if task_id and index.isdigit() else (key, -1)
+
+
+def map_index_states(raw: dict[str, Any], run_id: str, task_id: str) -> dict[int, str | None]:
+    """The states of one mapped task by map index, from the SDK's `get_task_states` answer."""
     states: dict[int, str | None] = {}
     for key, state in raw.get(run_id, {}).items():
-        index = key.removeprefix(prefix)
-        if key.startswith(prefix) and index.isdigit():
-            states[int(index)] = state
+        found, index = task_key(key)
+        if found == task_id and index >= 0:
+            states[index] = state
     return states
 
 

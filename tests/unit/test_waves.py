@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from istio_upgrade.run_state import map_index_states
+from istio_upgrade.run_state import map_index_states, task_key
 from istio_upgrade.waves import (
     Call,
     NamespaceOutcome,
@@ -136,3 +136,15 @@ def test_map_index_states_reads_only_this_task_and_run() -> None:
         "other-run": {"upgrade_namespace_3": "failed"},
     }
     assert map_index_states(raw, "run", "upgrade_namespace") == {0: "success", 12: None}
+
+
+@pytest.mark.parametrize(
+    ("key", "parsed"),
+    [
+        pytest.param("upgrade_namespace_12", ("upgrade_namespace", 12), id="mapped"),
+        pytest.param("move_tag", ("move_tag", -1), id="not-mapped"),
+        pytest.param("rollback.move_tag_back", ("rollback.move_tag_back", -1), id="group"),
+    ],
+)
+def test_task_key_reads_the_sdks_state_keys(key: str, parsed: tuple[str, int]) -> None:
+    assert task_key(key) == parsed
