@@ -134,21 +134,6 @@ class Estimate:
     basis: str
 
 
-def estimate(spans: Iterable[Span], fallback_seconds: float) -> Estimate:
-    """The longest measured wave; else the canary; else the fallback (nothing measured)."""
-    measured = wave_seconds(spans)
-    waves = {w: s for w, s in measured.items() if w != CANARY_WAVE}
-    if waves:
-        wave, seconds = max(waves.items(), key=lambda item: (item[1], -item[0]))
-        return Estimate(seconds, f"the longest wave so far (wave {wave + 1})")
-    if CANARY_WAVE in measured:
-        return Estimate(measured[CANARY_WAVE], "the canary's restart and rollout")
-    return Estimate(
-        float(fallback_seconds),
-        "rollout_timeout_seconds: nothing was restarted and measured in this run yet",
-    )
-
-
 class Call(StrEnum):
     """What a namespace of the waves does before it starts."""
 

@@ -17,7 +17,6 @@ from istio_upgrade.deadline import (
     WavesPaused,
     WindowClosed,
     call_wave,
-    estimate,
     paused_reason,
     removal_held,
     wave_seconds,
@@ -82,24 +81,6 @@ def span(wave: int, started: float, finished: float, restarted: int = 1) -> Span
 )  # fmt: skip
 def test_wave_seconds(spans: list[Span], expected: dict[int, float]) -> None:
     assert wave_seconds(spans) == expected
-
-
-@pytest.mark.parametrize(
-    ("spans", "seconds", "basis"),
-    [
-        pytest.param([], 600, "rollout_timeout_seconds", id="nothing-measured-assume-the-worst"),
-        pytest.param([span(CANARY_WAVE, 0, 40)], 40, "canary", id="first-wave-from-canary"),
-        pytest.param([span(CANARY_WAVE, 0, 40, restarted=0)], 600, "rollout_timeout",
-                     id="resumed-canary-measures-nothing"),
-        pytest.param([span(CANARY_WAVE, 0, 40), span(0, 50, 70)], 20, "wave 1",
-                     id="waves-replace-the-canary"),
-        pytest.param([span(0, 50, 70), span(1, 80, 115), span(2, 120, 125)], 35, "wave 2",
-                     id="longest-wave"),
-    ],
-)  # fmt: skip
-def test_estimate(spans: list[Span], seconds: float, basis: str) -> None:
-    found = estimate(spans, fallback_seconds=600)
-    assert found.seconds == seconds and basis in found.basis
 
 
 WAVE = Estimate(30.0, "the longest wave so far (wave 1)")
