@@ -98,7 +98,16 @@ from istio_upgrade.operators import (
     record_timing,
 )
 from istio_upgrade.params import PARAM_SPECS, TARGET_VARIABLE
-from istio_upgrade.retry_policies import API_RETRY, ISTIOCTL_RETRY, NO_RETRY, WAIT
+from istio_upgrade.retry_policies import (
+    API_RETRY,
+    DEFERRED_API_RETRY,
+    DEFERRED_VERDICT_RETRY,
+    ISTIOCTL_RETRY,
+    NO_RETRY,
+    VERDICT_RETRY,
+    WAIT,
+)
+from istio_upgrade.upgrade_lock import holder_of
 
 T = TypeVar("T")
 
@@ -194,13 +203,14 @@ def istio_canary_upgrade() -> None:
                 run_start=context["dag_run"].start_date or datetime.now(UTC),
                 interval_start=context.get("data_interval_start"),
                 interval_end=context.get("data_interval_end"),
+                lock_holder=holder_of(context["dag"].dag_id, context["run_id"]),
             )
         except (NothingToDo, WindowClosed) as done:
             # A scheduled run after the upgrade finished, or one that started too late for
             # its window: skip cleanly, do not fail.
             raise AirflowSkipException(str(done)) from done
 
-    @task.branch(**NO_RETRY)
+    @task.branch(**VERDICT_RETRY)
     def choose_mode(resolved: dict[str, Any]) -> str:
         return "show_plan" if resolved["params"]["dry_run"] else "precheck"
 
@@ -208,7 +218,7 @@ def istio_canary_upgrade() -> None:
     def show_plan(resolved: dict[str, Any]) -> str:
         return tasks.show_plan(resolved)
 
-    @task(**NO_RETRY)  # its findings are the point; an API hiccup: clear it
+    @task(**VERDICT_RETRY)
     @timed
     def precheck(resolved: dict[str, Any]) -> dict[str, Any]:
         return tasks.precheck(resolved, _run_id())
@@ -233,7 +243,7 @@ def istio_canary_upgrade() -> None:
     def restart_gateways(resolved: dict[str, Any]) -> list[dict[str, str]]:
         return tasks.restart_gateways(resolved, _run_id())
 
-    @task(**NO_RETRY)
+    @task(**VERDICT_RETRY)
     @timed
     def verify_gateways(resolved: dict[str, Any]) -> dict[str, Any]:
         return tasks.verify_gateways(resolved)
@@ -247,12 +257,12 @@ def istio_canary_upgrade() -> None:
     def restart_canary(resolved: dict[str, Any]) -> dict[str, Any]:
         return tasks.restart_namespaces(resolved, _run_id())
 
-    @task(**NO_RETRY)
+    @task(**VERDICT_RETRY)
     @timed
     def verify_canary(resolved: dict[str, Any], restart: dict[str, Any]) -> dict[str, Any]:
         return tasks.verify_namespaces(resolved, restart=restart)
 
-    @task.branch(trigger_rule=TriggerRule.ALL_DONE, **NO_RETRY)
+    @task.branch(trigger_rule=TriggerRule.ALL_DONE, **VERDICT_RETRY)
     def decide(
         resolved: dict[str, Any] | None,
         gate: dict[str, Any] | None,
@@ -280,7 +290,7 @@ def istio_canary_upgrade() -> None:
             # Skips check_old_unused and the uninstall after it: the old revision stays.
             raise AirflowSkipException(str(paused)) from paused
 
-    @task(**NO_RETRY)
+    @task(**VERDICT_RETRY)
     @timed
     def check_old_unused(resolved: dict[str, Any]) -> str:
         return tasks.check_old_unused(resolved)
@@ -312,7 +322,7 @@ def istio_canary_upgrade() -> None:
         def restart_moved(resolved: dict[str, Any]) -> list[dict[str, str]]:
             return tasks.restart_moved_back(resolved, _run_id())
 
-        @task(**NO_RETRY)
+        @task(**VERDICT_RETRY)
         @timed
         def verify_rolled_back(resolved: dict[str, Any]) -> dict[str, Any]:
             return tasks.verify_rolled_back(resolved)
@@ -324,7 +334,7 @@ def istio_canary_upgrade() -> None:
         moved = restart_moved(resolved)
         move_tag_back(resolved) >> moved
         waited = RolloutSensor(
-            task_id="wait_rolled_back", workloads=moved, resolved=resolved, **NO_RETRY
+            task_id="wait_rolled_back", workloads=moved, resolved=resolved, **DEFERRED_VERDICT_RETRY
         )
         waited >> verify_rolled_back(resolved) >> remove_new_revision(resolved)
 
@@ -349,9 +359,10 @@ def istio_canary_upgrade() -> None:
             resolved, pre, gate, timings, answer, _outcomes(), removal_held, failed, rollback_ran
         )
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, **NO_RETRY)
-    def conclude(result: dict[str, Any] | None) -> str:
+    @task(trigger_rule=TriggerRule.ALL_DONE, **VERDICT_RETRY)
+    def conclude(result: dict[str, Any] | None, resolved: dict[str, Any] | None) -> str:
         # ALL_DONE: the run is green only when nothing in it failed (see tasks.conclude)
+        tasks.release_lock(resolved)
         try:
             return tasks.conclude(result, failed_tasks(get_current_context()))
         except WavesPaused as paused:
@@ -365,17 +376,22 @@ def istio_canary_upgrade() -> None:
 
     gateways = restart_gateways(resolved)
     gateways_done = RolloutSensor(
-        task_id="wait_gateways", workloads=gateways, resolved=resolved, **NO_RETRY
+        task_id="wait_gateways", workloads=gateways, resolved=resolved, **DEFERRED_VERDICT_RETRY
     )
     baseline = measure_baseline(resolved)
     canary = restart_canary(resolved)
     canary_done = RolloutSensor(
-        task_id="wait_canary", workloads=canary["workloads"], resolved=resolved, **NO_RETRY
+        task_id="wait_canary",
+        workloads=canary["workloads"],
+        resolved=resolved,
+        **DEFERRED_VERDICT_RETRY,
     )
     canary_ok = verify_canary(resolved, canary)
-    gate = MetricGateSensor(task_id="metric_gate", resolved=resolved, baseline=baseline, **NO_RETRY)
+    gate = MetricGateSensor(
+        task_id="metric_gate", resolved=resolved, baseline=baseline, **DEFERRED_VERDICT_RETRY
+    )
     approve = CanaryApproval(
-        task_id="approve_canary", resolved=resolved, gate=gate.output, **NO_RETRY
+        task_id="approve_canary", resolved=resolved, gate=gate.output, **DEFERRED_VERDICT_RETRY
     )
     (
         pre
@@ -402,7 +418,7 @@ def istio_canary_upgrade() -> None:
         resolved=resolved,
         canary=canary_ok,
         map_index_template="{{ task.item['namespace'] }}",
-        **API_RETRY,
+        **DEFERRED_API_RETRY,
     ).expand(item=remaining)
     waves_done = finish_waves(resolved, remaining)
     removed = wait_old_removed(resolved)
@@ -414,7 +430,7 @@ def istio_canary_upgrade() -> None:
 
     result = report(resolved, pre, gate.output, approve.output)
     [removed, rolled_back] >> result
-    conclude(result)
+    conclude(result, resolved)
 
 
 istio_canary_upgrade()

@@ -172,6 +172,8 @@ def airflow_env(demo: Demo, box: dict[str, str], base: dict[str, str]) -> dict[s
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            # What a trigger may point the worker at (README, "What a trigger may choose")
+            "ISTIO_UPGRADE_PROMETHEUS_URLS": box["SANDBOX_PROMETHEUS_URL"],
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(demo.port),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{demo.url}/execution/",

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 ISTIO_NAMESPACE = "istio-system"
 RESTART_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
+# On the workload itself (not its pods): when this tool restarted it, so that a retried wait
+# keeps the deadline counted from the restart instead of starting a new one.
+RESTARTED_AT_ANNOTATION = "istio-canary-upgrade/restarted-at"
 # Seconds one API request may take (connect and read): a hung call fails, it never hangs a task.
 REQUEST_TIMEOUT = 30
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
@@ -66,37 +69,58 @@ class Kube:
 
         return client.AdmissionregistrationV1Api(self.api)
 
+    @cached_property
+    def coordination(self) -> client.CoordinationV1Api:
+        from kubernetes import client
+
+        return client.CoordinationV1Api(self.api)
+
 
 @dataclass(frozen=True)
 class KubeTarget:
-    """How to reach a cluster, as plain data a trigger can serialize and istioctl can use."""
+    """How to reach a cluster, as plain data istioctl can use too."""
 
     kubeconfig: str | None = None  # None with in_cluster: the pod's service account
     context: str | None = None
     in_cluster: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kubeconfig": self.kubeconfig,
-            "context": self.context,
-            "in_cluster": self.in_cluster,
-        }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> KubeTarget:
-        return cls(**data)
+def api_errors() -> tuple[type[Exception], ...]:
+    """What a call raises about the API rather than a bug (imported on the first failure)."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    return (ApiException, urllib3.exceptions.HTTPError, OSError)
 
 
 def connect(target: KubeTarget) -> Kube:
-    """A Kube for a target: in-cluster credentials or a kubeconfig file."""
+    """A Kube for a target: in-cluster credentials or a kubeconfig file.
+
+    Every request it makes has REQUEST_TIMEOUT unless the call gives its own.
+    """
     from kubernetes import client, config
 
     if target.in_cluster:
         cfg = client.Configuration()
         config.load_incluster_config(client_configuration=cfg)
-        return Kube(client.ApiClient(cfg))
-    api = config.new_client_from_config(config_file=target.kubeconfig, context=target.context)
-    return Kube(api)
+        api = client.ApiClient(cfg)
+    else:
+        api = config.new_client_from_config(config_file=target.kubeconfig, context=target.context)
+    return Kube(_with_default_timeout(api))
+
+
+def _with_default_timeout(api: client.ApiClient) -> client.ApiClient:
+    # The client has no default timeout: a call without `_request_timeout` can wait forever
+    # on a half-open connection (urllib3 treats the None it passes as "no timeout").
+    call_api = api.call_api
+
+    def timed_call_api(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = REQUEST_TIMEOUT
+        return call_api(*args, **kwargs)
+
+    api.call_api = timed_call_api
+    return api
 
 
 # --- control planes and tags --------------------------------------------------------------
@@ -357,8 +381,16 @@ def restart(kube: Kube, ref: WorkloadRef, stamp: str) -> bool:
 
 
 def stamp_restart(kube: Kube, ref: WorkloadRef, stamp: str) -> None:
-    """Write the restart stamp into the pod template: one PATCH, a no-op when already there."""
-    body = {"spec": {"template": {"metadata": {"annotations": {RESTART_ANNOTATION: stamp}}}}}
+    """Write the restart stamp into the pod template (and the time onto the workload): one
+    PATCH. Callers skip workloads that already carry the stamp, so the time stays the first."""
+    body = {
+        "metadata": {
+            "annotations": {
+                RESTARTED_AT_ANNOTATION: datetime.now(UTC).isoformat(timespec="seconds")
+            }
+        },
+        "spec": {"template": {"metadata": {"annotations": {RESTART_ANNOTATION: stamp}}}},
+    }
     _patch(kube, ref, body)
     log.info(
         "restarted kind=%s namespace=%s name=%s stamp=%s", ref.kind, ref.namespace, ref.name, stamp
@@ -460,6 +492,19 @@ def rollout_states(kube: Kube, refs: Iterable[WorkloadRef]) -> list[RolloutState
         obj.kind = ref.kind
         states.append(rollout_state(obj))
     return states
+
+
+def restart_times(kube: Kube, refs: Iterable[WorkloadRef]) -> list[float]:
+    """When this tool last restarted each workload (epoch seconds), for those it ever did."""
+    times = []
+    for ref in refs:
+        annotations = _read(kube, ref).metadata.annotations or {}
+        if value := annotations.get(RESTARTED_AT_ANNOTATION):
+            try:
+                times.append(datetime.fromisoformat(value).timestamp())
+            except ValueError:  # edited by hand: no anchor from it
+                continue
+    return times
 
 
 # --- one-off pods (the in-cluster istioctl) -------------------------------------------------

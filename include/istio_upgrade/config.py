@@ -1,4 +1,6 @@
-"""The DAG's deployment settings, read from the environment when the DAG file is parsed.
+"""The DAG's deployment settings, read from the environment.
+
+Read when the DAG file is parsed:
 
 - `ISTIO_UPGRADE_WINDOWS`: maintenance windows for the schedule, in the grammar of
   `istio_upgrade.windows` ("Tue,Thu 02:00-04:00 Asia/Tokyo"; several split by ";"). Unset or
@@ -6,19 +8,34 @@
 - `ISTIO_UPGRADE_TARGET_REVISION`: the target revision a run uses when neither its own param
   nor the Airflow Variable `istio_upgrade_target_revision` names one.
 
+Read by `validate` on the worker, before anything runs: what a run's params may point the
+worker at. Whoever may trigger the DAG chooses its params, a weaker right than deploying it,
+so the servers and files are the operator's choice (unset: the DAG's own defaults only):
+- `ISTIO_UPGRADE_PROMETHEUS_URLS`: the Prometheus base URLs `prometheus_url` may name
+  (split by commas or spaces).
+- `ISTIO_UPGRADE_KUBERNETES_CONN_IDS`: the Airflow connections `kubernetes_conn_id` may name.
+- `ISTIO_UPGRADE_OVERLAY_DIR`: the folder whose files `install_overlay` may name (unset: no
+  overlay).
+
 Environment only: parsing the DAG file touches no Variable, network or cluster.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from istio_upgrade.errors import ParamError
-from istio_upgrade.params import check_revision
+from istio_upgrade.params import PARAM_SPECS, UpgradeParams, check_revision
 from istio_upgrade.windows import MaintenanceWindow, parse_windows
 
 WINDOWS_ENV = "ISTIO_UPGRADE_WINDOWS"
 TARGET_ENV = "ISTIO_UPGRADE_TARGET_REVISION"
+PROMETHEUS_URLS_ENV = "ISTIO_UPGRADE_PROMETHEUS_URLS"
+CONN_IDS_ENV = "ISTIO_UPGRADE_KUBERNETES_CONN_IDS"
+OVERLAY_DIR_ENV = "ISTIO_UPGRADE_OVERLAY_DIR"
 
 
 def windows(environ: Mapping[str, str]) -> tuple[MaintenanceWindow, ...]:
@@ -41,3 +58,55 @@ def default_target(environ: Mapping[str, str]) -> str:
         except ParamError as error:
             raise ParamError(TARGET_ENV, value, error.problem, error.fix) from None
     return value
+
+
+@dataclass(frozen=True)
+class AllowedTargets:
+    """What a run's params may point the worker at (see the module's docstring)."""
+
+    prometheus_urls: frozenset[str]
+    conn_ids: frozenset[str]
+    overlay_dir: str  # "": no overlay allowed
+
+
+def allowed_targets(environ: Mapping[str, str]) -> AllowedTargets:
+    def listed(name: str, default: str) -> frozenset[str]:
+        items = re.split(r"[\s,]+", environ.get(name, "").strip())
+        return frozenset(i.rstrip("/") for i in items if i) or frozenset({default})
+
+    return AllowedTargets(
+        prometheus_urls=listed(PROMETHEUS_URLS_ENV, PARAM_SPECS["prometheus_url"].default),
+        conn_ids=listed(CONN_IDS_ENV, PARAM_SPECS["kubernetes_conn_id"].default),
+        overlay_dir=environ.get(OVERLAY_DIR_ENV, "").strip(),
+    )
+
+
+def check_allowed(params: UpgradeParams, allowed: AllowedTargets) -> None:
+    """Refuse a server or file the operator did not allow, naming the setting to change."""
+    for name, value, listed, env in (
+        ("prometheus_url", params.prometheus_url, allowed.prometheus_urls, PROMETHEUS_URLS_ENV),
+        ("kubernetes_conn_id", params.kubernetes_conn_id, allowed.conn_ids, CONN_IDS_ENV),
+    ):
+        if value not in listed:
+            raise ParamError(
+                name,
+                value,
+                f"is not one the operator allows ({', '.join(sorted(listed))})",
+                f"use one of those, or ask the operator to add it to {env} on the workers",
+            )
+    if params.install_overlay and not _file_inside(params.install_overlay, allowed.overlay_dir):
+        where = allowed.overlay_dir or f"none: {OVERLAY_DIR_ENV} is unset"
+        raise ParamError(
+            "install_overlay",
+            params.install_overlay,
+            f"is not a file in the operator's overlay folder ({where})",
+            f"name a file in {OVERLAY_DIR_ENV}, or ask the operator to put the overlay there",
+        )
+
+
+def _file_inside(path: str, folder: str) -> bool:
+    # realpath: neither '..' nor a link may lead out of the folder
+    real = os.path.realpath(path)
+    return (
+        bool(folder) and os.path.isfile(real) and real.startswith(os.path.realpath(folder) + os.sep)
+    )

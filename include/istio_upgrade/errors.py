@@ -131,3 +131,20 @@ class NothingToDo(UpgradeError):
 
     def __reduce__(self) -> tuple[type[NothingToDo], tuple[str, str]]:
         return (type(self), (self.target, self.tag))
+
+
+class UpgradeLocked(UpgradeError):
+    """Another run holds the cluster's upgrade lock (istio_upgrade.upgrade_lock)."""
+
+    def __init__(self, holder: str, lease: str, expires: str) -> None:
+        self.holder = holder
+        self.lease = lease
+        self.expires = expires
+        super().__init__(
+            f"another upgrade of this cluster is running: {holder} holds Lease {lease} until "
+            f"{expires} (renewed while it runs); wait for it to end, or, if that run is gone, "
+            "delete the Lease or wait for it to expire"
+        )
+
+    def __reduce__(self) -> tuple[type[UpgradeLocked], tuple[str, str, str]]:
+        return (type(self), (self.holder, self.lease, self.expires))

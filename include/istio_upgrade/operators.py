@@ -15,7 +15,7 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowSkipException
 
-from istio_upgrade import approval, cluster, health, tasks, waves
+from istio_upgrade import approval, cluster, health, tasks, upgrade_lock, waves
 from istio_upgrade.connections import kube_target
 from istio_upgrade.deadline import Span
 from istio_upgrade.errors import RolloutFailed
@@ -76,16 +76,23 @@ class RolloutSensor(BaseOperator):
         rp = ResolvedParams.from_dict(self.resolved)
         target = kube_target(rp.params.kubernetes_conn_id)
         refs = [WorkloadRef(**w) for w in self.workloads or []]
-        states = cluster.rollout_states(cluster.connect(target), refs)
+        kube = cluster.connect(target)
+        states = cluster.rollout_states(kube, refs)
         # Already done (a retry, a re-run, or nothing to restart): no need to defer at all.
         if all(s.complete for s in states):
             record_timing(context)
             return f"{len(refs)} workloads rolled out"
+        # The deadline counts from this run's restart, so a retry of this task does not
+        # extend it (a restart before the run started belongs to another run).
+        run_started = context["dag_run"].start_date
+        run_start = run_started.timestamp() if run_started else time.time()
+        ours = [t for t in cluster.restart_times(kube, refs) if t >= run_start - 1]
+        began = min(ours, default=time.time())
         self.defer(
             trigger=RolloutTrigger(
-                target.to_dict(),
+                rp.params.kubernetes_conn_id,
                 [r.__dict__ for r in refs],
-                deadline=time.time() + rp.params.rollout_timeout_seconds,
+                deadline=began + rp.params.rollout_timeout_seconds,
                 poll_seconds=self.poll_seconds,
             ),
             method_name="execute_complete",
@@ -121,6 +128,7 @@ class MetricGateSensor(BaseOperator):
 
     def execute(self, context: Context) -> None:
         rp = ResolvedParams.from_dict(self.resolved)
+        ti = context["ti"]
         baseline = self.baseline if rp.params.compare_baseline else None
         self.log.info(
             "gate namespaces=%s bake=%ss interval=%ss failure_limit=%d",
@@ -136,6 +144,7 @@ class MetricGateSensor(BaseOperator):
                 rp.params.to_dict(),
                 health.GateState(started_at=time.time()).to_dict(),
                 baseline,
+                ti_key=[ti.dag_id, ti.run_id, ti.task_id, ti.map_index],
             ),
             method_name="execute_complete",
         )
@@ -246,6 +255,8 @@ class NamespaceUpgrade(BaseOperator):
                 else None,
                 canary_seconds=canary.seconds if canary and canary.restarted else None,
                 poll_seconds=self.poll_seconds,
+                lock_holder=rp.lock_holder,
+                lock_seconds=upgrade_lock.lease_seconds(rp.params),
             ),
             method_name="execute_complete",
         )

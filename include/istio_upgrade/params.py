@@ -807,6 +807,8 @@ class ResolvedParams:
     # When this run must stop starting waves (ISO 8601, UTC) and why; None: no limit
     window_end: str | None = None
     window_basis: str = "no window"
+    # Who holds the cluster's upgrade lock for this run (upgrade_lock); "": no lock (dry run)
+    lock_holder: str = ""
 
     @property
     def target_revision(self) -> str:
@@ -827,6 +829,7 @@ class ResolvedParams:
             "resumed": self.resumed,
             "window_end": self.window_end,
             "window_basis": self.window_basis,
+            "lock_holder": self.lock_holder,
         }
 
     @classmethod
@@ -841,6 +844,7 @@ class ResolvedParams:
             resumed=bool(data["resumed"]),
             window_end=data.get("window_end"),
             window_basis=data.get("window_basis", "no window"),
+            lock_holder=data.get("lock_holder", ""),
         )
 
 

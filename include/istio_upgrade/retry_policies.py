@@ -1,7 +1,7 @@
 """How often each kind of task retries, and how sensors wait: policy, in one place.
 
 A refusal raised on purpose is a finding, never retried: bad params, a revision in use, a
-failed rollout, namespaces the waves did not move.
+failed rollout, namespaces the waves did not move, another run holding the cluster.
 """
 
 from __future__ import annotations
@@ -11,17 +11,27 @@ from typing import Any
 
 from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
 
-from istio_upgrade.errors import ParamError, RevisionInUse, RolloutFailed, WavesFailed
+from istio_upgrade.errors import (
+    ParamError,
+    RevisionInUse,
+    RolloutFailed,
+    UpgradeError,
+    UpgradeLocked,
+    WavesFailed,
+)
 
 FINDINGS_FAIL = ExceptionRetryPolicy(
     rules=[
         RetryRule(
-            exception=[ParamError, RevisionInUse, RolloutFailed, WavesFailed],
+            exception=[ParamError, RevisionInUse, RolloutFailed, UpgradeLocked, WavesFailed],
             action=RetryAction.FAIL,
             reason="a finding about the params or the cluster, not a passing error",
         )
     ]
 )
+# A try on a worker that runs longer than this is hung (every API call has its own timeout,
+# istioctl waits for readiness 3 min at most): it fails, so its retry or the red run shows it.
+EXECUTION_TIMEOUT = timedelta(minutes=20)
 # Kubernetes API and Prometheus calls: a dropped connection, a 429 or 5xx passes in seconds.
 API_RETRY: dict[str, Any] = {
     "retries": 3,
@@ -29,6 +39,7 @@ API_RETRY: dict[str, Any] = {
     "retry_exponential_backoff": 2.0,  # a multiplier since Airflow 3 (True meant 1: constant)
     "max_retry_delay": timedelta(minutes=2),
     "retry_policy": FINDINGS_FAIL,
+    "execution_timeout": EXECUTION_TIMEOUT,
 }
 # istioctl install / tag set / uninstall: slow, and they wait for readiness themselves.
 ISTIOCTL_RETRY: dict[str, Any] = {
@@ -37,8 +48,32 @@ ISTIOCTL_RETRY: dict[str, Any] = {
     "retry_delay": timedelta(seconds=30),
     "max_retry_delay": timedelta(minutes=5),
 }
-# Validation, verifications, verdicts, waits with a deadline and human answers: the failure
-# is the finding (a retry would hide it, restart a deadline or ask the person again).
-NO_RETRY: dict[str, Any] = {"retries": 0}
+# The DAG's default: a task without a decided retry policy fails closed.
+NO_RETRY: dict[str, Any] = {"retries": 0, "execution_timeout": EXECUTION_TIMEOUT}
+# Verdicts: precheck, verifications, rollout waits, the gate, the approval, the decisions.
+# What they find (any UpgradeError) fails at once: a retry would hide it. Anything else gets
+# one more try: an API hiccup, or Airflow failing the try itself (apache/airflow#71172,
+# #72716: seen on the approval). A retried wait keeps its deadline where it can (rollouts:
+# from the restart); a retried gate bakes again and a retried approval asks again, both
+# erring on the side of caution.
+VERDICT_RETRY: dict[str, Any] = {
+    "retries": 1,
+    "retry_delay": timedelta(seconds=10),
+    "retry_policy": ExceptionRetryPolicy(
+        rules=[
+            RetryRule(
+                exception=[UpgradeError],
+                action=RetryAction.FAIL,
+                reason="the task's own verdict, not a passing error",
+            )
+        ]
+    ),
+    "execution_timeout": EXECUTION_TIMEOUT,
+}
+# Deferring tasks: Airflow counts the time in the triggerer into execution_timeout, and their
+# waits have deadlines of their own (rollout_timeout_seconds, the bake, approval_timeout_seconds;
+# a namespace waits for the waves before it, however many there are).
+DEFERRED_VERDICT_RETRY: dict[str, Any] = {**VERDICT_RETRY, "execution_timeout": None}
+DEFERRED_API_RETRY: dict[str, Any] = {**API_RETRY, "execution_timeout": None}
 # Sensors give their worker slot back between pokes; an hour bounds any wait.
 WAIT: dict[str, Any] = {"poke_interval": 5, "timeout": 3600, "mode": "reschedule"}

@@ -7,6 +7,7 @@ are plain JSON. The DAG file only wires these together.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -14,8 +15,20 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from istio_upgrade import approval, cluster, deadline, health, plan, progress, report, steps, waves
+from istio_upgrade import (
+    approval,
+    cluster,
+    deadline,
+    health,
+    plan,
+    progress,
+    report,
+    steps,
+    upgrade_lock,
+    waves,
+)
 from istio_upgrade.cluster import Kube
+from istio_upgrade.config import allowed_targets, check_allowed
 from istio_upgrade.connections import kube_target
 from istio_upgrade.deadline import Outcome, Span, WavesPaused, WindowClosed
 from istio_upgrade.errors import UpgradeError, WavesFailed
@@ -49,6 +62,8 @@ def _run(resolved: dict[str, Any], run_id: str = "") -> Run:
     rp = ResolvedParams.from_dict(resolved)
     target = kube_target(rp.params.kubernetes_conn_id)
     kube = cluster.connect(target)
+    if rp.lock_holder:  # every task start renews the run's hold on the cluster
+        upgrade_lock.hold(kube, rp.lock_holder, upgrade_lock.lease_seconds(rp.params))
     istioctl: Runner
     if rp.params.istioctl_runner == "pod":
         version = rp.params.istioctl_version or version_of_revision(rp.target_revision)
@@ -67,6 +82,7 @@ def validate(
     run_start: datetime,
     interval_start: datetime | None,
     interval_end: datetime | None,
+    lock_holder: str,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Params on their own, then against the cluster (and the istioctl they name).
@@ -74,10 +90,12 @@ def validate(
     An empty target_revision comes from the Variable or the DAG's default (scheduled runs);
     the run's window end is fixed here, once, for every wave to compare with. Raises
     WindowClosed when the window is already over (a late scheduled run changes nothing) and
-    NothingToDo when the mesh already runs the target everywhere.
+    NothingToDo when the mesh already runs the target everywhere. Last, the run takes the
+    cluster's upgrade lock as `lock_holder` (not a dry run: it changes nothing).
     """
     raw, source = with_target(raw_params, variable_target, configured_target)
     params = parse_params(raw)
+    check_allowed(params, allowed_targets(os.environ))
     end, basis = deadline.window_end(
         window_minutes=params.window_minutes,
         run_start=run_start,
@@ -95,8 +113,23 @@ def validate(
         end.isoformat() if end else "none",
         basis,
     )
+    holder = "" if params.dry_run else lock_holder
+    if holder:
+        upgrade_lock.hold(kube, holder, upgrade_lock.lease_seconds(params))
     until = end.isoformat() if end else None
-    return replace(resolved, window_end=until, window_basis=basis).to_dict()
+    return replace(resolved, window_end=until, window_basis=basis, lock_holder=holder).to_dict()
+
+
+def release_lock(resolved: dict[str, Any] | None) -> None:
+    """Give up the run's hold on the cluster at its end, whatever the end was."""
+    rp = ResolvedParams.from_dict(resolved) if resolved else None
+    if rp is None or not rp.lock_holder:
+        return
+    try:
+        kube = cluster.connect(kube_target(rp.params.kubernetes_conn_id))
+        upgrade_lock.release(kube, rp.lock_holder)
+    except cluster.api_errors() as error:  # the run's result matters more; the lease expires
+        log.warning("upgrade lock not released (it expires by itself): %s", error)
 
 
 def show_plan(resolved: dict[str, Any]) -> str:

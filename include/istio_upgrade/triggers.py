@@ -15,23 +15,39 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSkippedEvent, TaskSuccessEvent, TriggerEvent
 
-from istio_upgrade import cluster, health, progress, run_state, waves
+from istio_upgrade import cluster, health, progress, run_state, upgrade_lock, waves
+from istio_upgrade.errors import UpgradeLocked
 from istio_upgrade.model import WorkloadRef
 from istio_upgrade.params import UpgradeParams
 
+# One client per cluster and triggerer process: a thousand namespace triggers share it.
+_clients: dict[str, cluster.Kube] = {}
+
+
+def _kube_for(conn_id: str) -> cluster.Kube:
+    if conn_id not in _clients:
+        from istio_upgrade.connections import kube_target
+
+        _clients[conn_id] = cluster.connect(kube_target(conn_id))
+    return _clients[conn_id]
+
 
 class RolloutTrigger(BaseTrigger):
-    """Waits until every workload has rolled out (`kubectl rollout status` semantics)."""
+    """Waits until every workload has rolled out (`kubectl rollout status` semantics).
+
+    It carries the Airflow connection id, resolved in the triggerer (as the cncf.kubernetes
+    provider's triggers do), not a worker's kubeconfig path: the triggerer may run elsewhere.
+    """
 
     def __init__(
         self,
-        target: dict[str, Any],
+        conn_id: str,
         workloads: list[dict[str, str]],
         deadline: float,
         poll_seconds: float = 2.0,
     ) -> None:
         super().__init__()
-        self.target = target
+        self.conn_id = conn_id
         self.workloads = workloads
         self.deadline = deadline
         self.poll_seconds = poll_seconds
@@ -40,7 +56,7 @@ class RolloutTrigger(BaseTrigger):
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "target": self.target,
+                "conn_id": self.conn_id,
                 "workloads": self.workloads,
                 "deadline": self.deadline,
                 "poll_seconds": self.poll_seconds,
@@ -48,7 +64,7 @@ class RolloutTrigger(BaseTrigger):
         )
 
     def _poll(self) -> dict[str, Any] | None:
-        kube = cluster.connect(cluster.KubeTarget.from_dict(self.target))
+        kube = _kube_for(self.conn_id)
         refs = [WorkloadRef(**w) for w in self.workloads]
         states = cluster.rollout_states(kube, refs)
         failed = [s.message for s in states if s.failed]
@@ -68,7 +84,7 @@ class RolloutTrigger(BaseTrigger):
         while True:
             try:
                 event = await asyncio.to_thread(self._poll)
-            except _api_errors() as err:
+            except cluster.api_errors() as err:
                 # The rollout sensors do not retry (a retry would restart the deadline and
                 # hide a stuck rollout), so a passing API error is waited out here instead,
                 # until the same absolute deadline.
@@ -84,14 +100,6 @@ class RolloutTrigger(BaseTrigger):
             await asyncio.sleep(self.poll_seconds)
 
 
-def _api_errors() -> tuple[type[Exception], ...]:
-    """What a poll raises about the API rather than a bug (imported on the first failure)."""
-    import urllib3
-    from kubernetes.client.exceptions import ApiException
-
-    return (ApiException, urllib3.exceptions.HTTPError, OSError)
-
-
 def _transient(err: Exception) -> bool:
     """A connection problem, a timeout, 429 or a 5xx: worth polling again; 4xx is not."""
     from kubernetes.client.exceptions import ApiException
@@ -102,8 +110,17 @@ def _transient(err: Exception) -> bool:
     return True
 
 
+GATE_STATE_KEY = "gate_state"
+
+
 class MetricGateTrigger(BaseTrigger):
-    """Checks the canary's metrics every interval over the bake time and yields the verdict."""
+    """Checks the canary's metrics every interval over the bake time and yields the verdict.
+
+    Its arguments are fixed when the task defers, so the counters are also kept in the task's
+    XCom `gate_state` after each check: a triggerer restart (which builds the trigger again
+    from its arguments) resumes the same bake with the checks already counted. `ti_key` is the
+    task instance's (dag_id, run_id, task_id, map_index); empty: counters in memory only.
+    """
 
     def __init__(
         self,
@@ -112,6 +129,7 @@ class MetricGateTrigger(BaseTrigger):
         params: dict[str, Any],
         state: dict[str, Any],
         baseline: list[dict[str, Any]] | None = None,
+        ti_key: list[Any] | None = None,
     ) -> None:
         super().__init__()
         self.prometheus_url = prometheus_url
@@ -119,6 +137,7 @@ class MetricGateTrigger(BaseTrigger):
         self.params = params
         self.state = state
         self.baseline = baseline or []
+        self.ti_key = ti_key or []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -129,12 +148,13 @@ class MetricGateTrigger(BaseTrigger):
                 "params": self.params,
                 "state": self.state,
                 "baseline": self.baseline,
+                "ti_key": self.ti_key,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         params = UpgradeParams.from_dict(self.params)
-        state = health.GateState.from_dict(self.state)
+        state = await self._saved_state(health.GateState.from_dict(self.state))
         baseline = (
             health.baseline_from(health.MetricCheck.from_dict(c) for c in self.baseline) or None
         )
@@ -143,6 +163,8 @@ class MetricGateTrigger(BaseTrigger):
                 health.run_check, self.prometheus_url, self.namespaces, params, baseline
             )
             state, verdict = health.next_state(state, checks, time.time(), params)
+            if self.ti_key:
+                await run_state.push_xcom(GATE_STATE_KEY, state.to_dict(), *self.ti_key)
             self.log.info(
                 "gate check=%d failed=%d verdict=%s",
                 state.checks_done,
@@ -160,17 +182,18 @@ class MetricGateTrigger(BaseTrigger):
                 return
             await asyncio.sleep(params.check_interval_seconds)
 
-
-# One client per cluster and triggerer process: a thousand namespace triggers share it.
-_clients: dict[str, cluster.Kube] = {}
-
-
-def _kube_for(conn_id: str) -> cluster.Kube:
-    if conn_id not in _clients:
-        from istio_upgrade.connections import kube_target
-
-        _clients[conn_id] = cluster.connect(kube_target(conn_id))
-    return _clients[conn_id]
+    async def _saved_state(self, initial: health.GateState) -> health.GateState:
+        """The counters this bake already has (from before a triggerer restart), if any."""
+        if not self.ti_key:
+            return initial
+        dag_id, run_id, task_id, map_index = self.ti_key
+        saved = await run_state.xcoms(GATE_STATE_KEY, dag_id, run_id, task_id, [map_index])
+        if map_index in saved:
+            state = health.GateState.from_dict(saved[map_index])
+            if state.started_at == initial.started_at:  # the same bake, not an earlier try's
+                self.log.info("gate resumed: %d checks done", state.checks_done)
+                return state
+        return initial
 
 
 class NamespaceUpgradeTrigger(BaseTrigger):
@@ -200,6 +223,8 @@ class NamespaceUpgradeTrigger(BaseTrigger):
         window_end: float | None,
         canary_seconds: float | None,
         poll_seconds: float = 2.0,
+        lock_holder: str = "",
+        lock_seconds: int = 0,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
@@ -214,6 +239,8 @@ class NamespaceUpgradeTrigger(BaseTrigger):
         self.window_end = window_end
         self.canary_seconds = canary_seconds
         self.poll_seconds = poll_seconds
+        self.lock_holder = lock_holder
+        self.lock_seconds = lock_seconds
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -231,6 +258,8 @@ class NamespaceUpgradeTrigger(BaseTrigger):
                 "window_end": self.window_end,
                 "canary_seconds": self.canary_seconds,
                 "poll_seconds": self.poll_seconds,
+                "lock_holder": self.lock_holder,
+                "lock_seconds": self.lock_seconds,
             },
         )
 
@@ -292,6 +321,20 @@ class NamespaceUpgradeTrigger(BaseTrigger):
         ns = item.namespace
         started = time.time()
         kube = await asyncio.to_thread(_kube_for, self.conn_id)
+        if self.lock_holder and item.opens_wave:
+            # No task starts while the waves run: each wave renews the run's hold on the cluster
+            try:
+                await asyncio.to_thread(
+                    upgrade_lock.hold, kube, self.lock_holder, self.lock_seconds
+                )
+            except UpgradeLocked as locked:
+                return waves.NamespaceOutcome(
+                    ns,
+                    item.wave,
+                    waves.State.FAILED,
+                    str(locked),
+                    longest_before=turn.longest_before,
+                )
         view = await asyncio.to_thread(cluster.namespace_view, kube, ns)
         skip = [WorkloadRef(**w) for w in self.skip]
         todo = progress.workloads_to_restart(view.state, self.target, skip)
@@ -318,7 +361,7 @@ class NamespaceUpgradeTrigger(BaseTrigger):
                 rollouts = await asyncio.to_thread(
                     cluster.workload_rollouts, kube, ns, kinds, started
                 )
-            except _api_errors() as err:
+            except cluster.api_errors() as err:
                 if not _transient(err) or time.time() > deadline:
                     return outcome(waves.State.FAILED, f"{ns}: rollout not readable: {err}")
                 self.log.warning("rollout poll failed, polling again: %s", err)

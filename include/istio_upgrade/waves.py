@@ -40,6 +40,11 @@ class WaveItem:
         """The map indexes of the wave before."""
         return range(self.previous_start, self.previous_start + self.previous_count)
 
+    @property
+    def opens_wave(self) -> bool:
+        """The first namespace of its wave (waves are consecutive map indexes)."""
+        return self.index == self.previous_start + self.previous_count
+
 
 class State(StrEnum):
     """How one namespace of the waves ended."""

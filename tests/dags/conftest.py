@@ -13,6 +13,9 @@ import pytest
 from dag_runs import RestApi
 from sandbox_fixture import Sandbox, sandbox
 
+from istio_upgrade import upgrade_lock
+from istio_upgrade.config import PROMETHEUS_URLS_ENV
+
 __all__ = ["Sandbox", "airflow_db", "rest_api", "sandbox", "sandbox_connection", "seeded"]
 
 
@@ -27,6 +30,8 @@ def airflow_db() -> None:
 @pytest.fixture(scope="session")
 def sandbox_connection(sandbox: Sandbox, airflow_db: None) -> Iterator[Sandbox]:
     """kubernetes_default points at the sandbox, as the demo sets it up."""
+    # the operator's allow-list: the sandbox's Prometheus (config.PROMETHEUS_URLS_ENV)
+    os.environ[PROMETHEUS_URLS_ENV] = sandbox.prometheus_url
     os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
         {
             "conn_type": "kubernetes",
@@ -35,6 +40,7 @@ def sandbox_connection(sandbox: Sandbox, airflow_db: None) -> Iterator[Sandbox]:
     )
     yield sandbox
     os.environ.pop("AIRFLOW_CONN_KUBERNETES_DEFAULT", None)
+    os.environ.pop(PROMETHEUS_URLS_ENV, None)
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +50,13 @@ def rest_api(airflow_db: None) -> RestApi:
 
 
 @pytest.fixture
-def seeded(sandbox_connection: Sandbox) -> Sandbox:
-    """Each run starts from the procedure's starting state (`sandbox/sandbox reset`)."""
+def seeded(sandbox_connection: Sandbox) -> Iterator[Sandbox]:
+    """Each run starts from the procedure's starting state (`sandbox/sandbox reset`) and
+    must end with the cluster's upgrade lock released, whatever the run's end was."""
     sandbox_connection.reset()
-    return sandbox_connection
+    yield sandbox_connection
+    kube = sandbox_connection.kube()
+    left = upgrade_lock.current(kube)
+    if left is not None:
+        upgrade_lock.release(kube, left.holder)  # the next test starts free either way
+    assert left is None, f"the run left the upgrade lock held by {left.holder}"

@@ -104,8 +104,9 @@ def test_a_bad_window_is_an_import_error_naming_the_setting(
     assert "ISTIO_UPGRADE_WINDOWS" in error and "IANA time zone" in error
 
 
-# Retries by what a task does: verdicts never retry (a retry would hide a finding).
-NEVER_RETRIED = (
+# Retries by what a task does. Verdicts: what they find fails at once (a retry would hide
+# it), anything else (an API hiccup, Airflow failing the try spuriously) gets one more try.
+VERDICTS = (
     "choose_mode",
     "precheck",
     "verify_gateways",
@@ -124,13 +125,42 @@ ISTIOCTL = ("install_revision", "move_tag", "uninstall_old", "rollback.move_tag_
 
 
 def test_retries_follow_what_a_task_does(dagbag) -> None:  # type: ignore[no-untyped-def]
-    dag = dagbag.dags[DAG_ID]
-    for task in dag.tasks:
-        if task.task_id in NEVER_RETRIED:
-            assert task.retries == 0, f"{task.task_id} is a verdict and must not retry"
+    from airflow.sdk import RetryAction
+
+    from istio_upgrade.errors import ClusterStateError, RolloutFailed
+
+    finding = RolloutFailed("Deployment/foo/foo", "ProgressDeadlineExceeded", "fix it")
+    for task in dagbag.dags[DAG_ID].tasks:
+        assert task.retry_policy is not None, f"{task.task_id}: no retry policy"
+        act = task.retry_policy.evaluate
+        assert act(finding, 1, 2).action is RetryAction.FAIL, task.task_id
+        assert act(OSError("connection reset"), 1, 2).action is not RetryAction.FAIL, task.task_id
+        if task.task_id in VERDICTS:
+            assert task.retries == 1, f"{task.task_id} is a verdict: one retry, for Airflow's sake"
+            verdict = ClusterStateError("pods", ["foo/a"], "on 1-32-0", "check the tag")
+            assert act(verdict, 1, 2).action is RetryAction.FAIL, task.task_id
         else:
             assert task.retries >= 2, f"{task.task_id} calls an API or istioctl: retry it"
             assert task.retry_exponential_backoff == 2.0, task.task_id
-            assert task.retry_policy is not None, task.task_id
         if task.task_id in ISTIOCTL:
             assert task.retry_delay.total_seconds() == 30, task.task_id
+
+
+# Deferring tasks wait in the triggerer, where execution_timeout would count too: their
+# triggers carry the deadlines (rollout, bake, approval; a namespace waits for earlier waves).
+DEFERRING = (
+    "wait_gateways",
+    "wait_canary",
+    "metric_gate",
+    "approve_canary",
+    "upgrade_namespace",
+    "rollback.wait_rolled_back",
+)
+
+
+def test_every_task_on_a_worker_has_a_time_limit(dagbag) -> None:  # type: ignore[no-untyped-def]
+    for task in dagbag.dags[DAG_ID].tasks:
+        if task.task_id in DEFERRING:
+            assert task.execution_timeout is None, task.task_id
+        else:
+            assert task.execution_timeout is not None, f"{task.task_id} could hang a worker"

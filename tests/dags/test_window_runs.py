@@ -122,8 +122,12 @@ def test_the_old_revision_is_not_removed_after_the_window_ended(seeded: Sandbox)
         run_start=start,
         interval_start=None,
         interval_end=None,
+        lock_holder="tests/it-window-over",
     )
-    with pytest.raises(WavesPaused) as paused:
-        tasks.uninstall_old(resolved, "it-window-over", now=start.timestamp() + 61)
+    try:
+        with pytest.raises(WavesPaused) as paused:
+            tasks.uninstall_old(resolved, "it-window-over", now=start.timestamp() + 61)
+    finally:
+        tasks.release_lock(resolved)
     assert "kept" in paused.value.reason
     assert cluster.revision_objects(seeded.kube(), seeded.old_revision), "removed after the window"

@@ -198,8 +198,13 @@ def test_canary_upgrade_by_hand_with_the_real_istioctl(
     box.run(istioctl_new, "tag", "set", "default", "--revision", new, "--overwrite", "-y")
     assert cluster.tag_revision(kube, "default") == new
 
+    before_restart = time.time()
     assert cluster.restart(kube, ref, "it-upgrade-1")
+    (restarted,) = cluster.restart_times(kube, [ref])
+    assert restarted >= int(before_restart) - 1, "the restart's time is on the workload"
+    time.sleep(1.1)
     assert not cluster.restart(kube, ref, "it-upgrade-1"), "the same stamp restarts nothing"
+    assert cluster.restart_times(kube, [ref]) == [restarted], "a retry keeps the first time"
     wait_for(
         "the restart to roll out",
         lambda: rolled_out(kube, ref) and progress.on_revision(namespace(kube, name), new),

@@ -75,6 +75,7 @@ class Stack:
     api: demo.Api
     box: dict[str, str]
     progress: io.StringIO
+    airflow_home: Path  # task and trigger logs, airflow.db (XComs), airflow.cfg
 
     def start(self, **params: Any) -> str:
         """Trigger a run with the fast params and `params` on top; returns its run id."""
@@ -125,7 +126,7 @@ def stack() -> Iterator[Stack]:
     try:
         up = demo.bring_up(own, env, extra_namespaces=EXTRA_NAMESPACES)
         print(f"\n[standalone] stack up in {time.monotonic() - t0:.0f}s")
-        yield Stack(own.url, own.password(), up.api(), up.box, io.StringIO())
+        yield Stack(own.url, own.password(), up.api(), up.box, io.StringIO(), own.airflow_home)
     finally:
         if own.log.exists():
             OUT.mkdir(parents=True, exist_ok=True)

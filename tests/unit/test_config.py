@@ -6,7 +6,17 @@ from typing import Any
 
 import pytest
 
-from istio_upgrade.config import TARGET_ENV, WINDOWS_ENV, default_target, windows
+from istio_upgrade.config import (
+    CONN_IDS_ENV,
+    OVERLAY_DIR_ENV,
+    PROMETHEUS_URLS_ENV,
+    TARGET_ENV,
+    WINDOWS_ENV,
+    allowed_targets,
+    check_allowed,
+    default_target,
+    windows,
+)
 from istio_upgrade.errors import ParamError
 from istio_upgrade.params import TARGET_VARIABLE, parse_params, with_target
 
@@ -95,3 +105,63 @@ def test_bad_new_params_name_the_param_and_the_fix(
     with pytest.raises(ParamError) as err:
         parse(**overrides)
     assert err.value.param == param and fix in str(err.value), str(err.value)
+
+
+# --- what a trigger may point the worker at --------------------------------------------------
+
+
+def test_by_default_only_the_dags_own_defaults_are_allowed() -> None:
+    params = parse_params({"target_revision": "1-32-0"})
+    check_allowed(params, allowed_targets({}))
+    for change, name in (
+        ({"prometheus_url": "http://elsewhere:9090"}, "prometheus_url"),
+        ({"kubernetes_conn_id": "other_cluster"}, "kubernetes_conn_id"),
+        ({"install_overlay": "/etc/passwd"}, "install_overlay"),
+    ):
+        with pytest.raises(ParamError) as refused:
+            check_allowed(
+                parse_params({"target_revision": "1-32-0", **change}), allowed_targets({})
+            )
+        assert refused.value.param == name
+
+
+def test_the_operator_lists_what_is_allowed(tmp_path: Any) -> None:
+    overlays = tmp_path / "overlays"
+    overlays.mkdir()
+    (overlays / "small.yaml").write_text("spec: {}\n")
+    environ = {
+        PROMETHEUS_URLS_ENV: "http://prom-a:9090/, http://prom-b:9090",
+        CONN_IDS_ENV: "cluster_a cluster_b",
+        OVERLAY_DIR_ENV: str(overlays),
+    }
+    allowed = allowed_targets(environ)
+    check_allowed(
+        parse_params(
+            {
+                "target_revision": "1-32-0",
+                "prometheus_url": "http://prom-a:9090",  # the list's trailing slash is ignored
+                "kubernetes_conn_id": "cluster_b",
+                "install_overlay": str(overlays / "small.yaml"),
+            }
+        ),
+        allowed,
+    )
+    with pytest.raises(ParamError) as refused:
+        check_allowed(
+            parse_params({"target_revision": "1-32-0", "prometheus_url": "http://prom-c:9090"}),
+            allowed,
+        )
+    assert PROMETHEUS_URLS_ENV in refused.value.fix and "http://prom-a:9090" in str(refused.value)
+
+
+@pytest.mark.parametrize("overlay", ["../outside.yaml", "link.yaml", "missing.yaml"])
+def test_an_overlay_must_be_a_file_inside_the_operators_folder(tmp_path: Any, overlay: str) -> None:
+    overlays = tmp_path / "overlays"
+    overlays.mkdir()
+    (tmp_path / "outside.yaml").write_text("spec: {}\n")
+    (overlays / "link.yaml").symlink_to(tmp_path / "outside.yaml")
+    allowed = allowed_targets({OVERLAY_DIR_ENV: str(overlays)})
+    params = parse_params({"target_revision": "1-32-0", "install_overlay": str(overlays / overlay)})
+    with pytest.raises(ParamError) as refused:
+        check_allowed(params, allowed)
+    assert refused.value.param == "install_overlay" and OVERLAY_DIR_ENV in str(refused.value)

@@ -8,19 +8,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from airflow.triggers.base import BaseTrigger
 from kubernetes.client.exceptions import ApiException
 
 from istio_upgrade.triggers import RolloutTrigger
 
-TARGET = {"kubeconfig": "/tmp/kubeconfig", "context": None}
 WORKLOADS = [{"kind": "Deployment", "namespace": "foo", "name": "foo"}]
 
 
 def trigger(deadline: float) -> RolloutTrigger:
-    return RolloutTrigger(TARGET, WORKLOADS, deadline=deadline, poll_seconds=0)
+    return RolloutTrigger("kubernetes_default", WORKLOADS, deadline=deadline, poll_seconds=0)
 
 
-def first_event(t: RolloutTrigger) -> dict[str, Any]:
+def first_event(t: BaseTrigger) -> dict[str, Any]:
     async def first() -> dict[str, Any]:
         async for event in t.run():
             return dict(event.payload)
@@ -110,3 +110,57 @@ def test_namespace_trigger_serializes_plain_data() -> None:
         "previous_start": 0,
         "previous_count": 1,
     }
+
+
+def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restarted triggerer builds the trigger again from its arguments: the failed checks
+    counted before must still count (else every restart would extend a failing gate)."""
+    from istio_upgrade import health, run_state
+    from istio_upgrade.params import parse_params
+    from istio_upgrade.triggers import MetricGateTrigger
+
+    xcom: dict[int, Any] = {}
+
+    async def push(key: str, value: Any, *ti_key: Any) -> None:
+        xcom[ti_key[-1]] = value
+
+    async def read(key: str, dag_id: str, run_id: str, task_id: str, indexes: Any) -> Any:
+        return {i: xcom[i] for i in indexes if i in xcom}
+
+    breach = health.MetricCheck(
+        "foo", health.Metric.SUCCESS_RATE, 0.5, 0.99, health.CheckOutcome.BREACHED, "breach"
+    )
+    checks = 0
+
+    def run_check(*args: Any) -> list[health.MetricCheck]:
+        nonlocal checks
+        checks += 1
+        return [breach]
+
+    monkeypatch.setattr(run_state, "push_xcom", push)
+    monkeypatch.setattr(run_state, "xcoms", read)
+    monkeypatch.setattr(health, "run_check", run_check)
+    params = parse_params(
+        {"target_revision": "1-32-0", "failure_limit": 3, "check_interval_seconds": 1}
+    )
+    _, kwargs = MetricGateTrigger(
+        "http://prom:9090",
+        ["foo"],
+        params.to_dict(),
+        health.GateState(started_at=time.time()).to_dict(),
+        ti_key=["istio_canary_upgrade", "manual__1", "metric_gate", -1],
+    ).serialize()
+
+    async def killed_after_one_check() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(MetricGateTrigger(**kwargs).run()), 0.5)
+
+    asyncio.run(killed_after_one_check())
+    assert checks == 1 and xcom[-1]["checks_failed"] == 1
+
+    checks = 0
+    event = first_event(MetricGateTrigger(**kwargs))
+    assert event["status"] == "failed" and event["state"]["checks_failed"] == 3
+    assert checks == 2, "the restarted gate counted from zero again"

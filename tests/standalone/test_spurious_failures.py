@@ -1,0 +1,131 @@
+"""Airflow failing a waiting task by itself must not fail the upgrade.
+
+Airflow 3.3's scheduler can fail a try from a stale executor event (apache/airflow#71172,
+#72716; seen here on the approval). It then calls `TaskInstance.handle_failure` on the task
+instance, as `emulate_spurious_failure` does from outside, against the stack's own
+metadata DB, while the task waits: the gate baking, a namespace waiting for its wave, the
+approval awaiting its answer. Each run must still complete, every task green, the failed
+task on its second try.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from istio_upgrade import approval
+from standalone.standalone_stack import Stack, reseed
+
+pytestmark = pytest.mark.sandbox
+
+# What the scheduler does on "Executor reported that the task instance ... finished with
+# state success, but the task instance's state attribute is ..." (scheduler_job_runner.py).
+EMULATE = """
+import sys
+from sqlalchemy import select
+from airflow.models.dagbag import DBDagBag
+from airflow.models.taskinstance import TaskInstance as TI
+from airflow.utils.session import create_session
+
+dag_id, run_id, task_id, map_index, expected = sys.argv[1:6]
+with create_session() as session:
+    ti = session.scalar(
+        select(TI).where(
+            TI.dag_id == dag_id, TI.run_id == run_id, TI.task_id == task_id,
+            TI.map_index == int(map_index),
+        )
+    )
+    if ti is None or ti.state != expected:
+        sys.exit(f"task instance is {ti and ti.state}, not {expected}")
+    dag = DBDagBag().get_dag_for_run(dag_run=ti.dag_run, session=session)
+    ti.task = dag.get_task(task_id)
+    ti.handle_failure(
+        error="Executor reported that the task instance finished with state success, but "
+        f"the task instance's state attribute is {expected} (emulated by the test)",
+        session=session,
+    )
+    print(ti.state)
+"""
+
+
+def emulate_spurious_failure(
+    stack: Stack, run_id: str, task_id: str, expected: str, map_index: int = -1
+) -> str:
+    env = {**os.environ, "AIRFLOW_HOME": str(stack.airflow_home)}
+    env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW__")}
+    out = subprocess.run(
+        [sys.executable, "-c", EMULATE, "istio_canary_upgrade", run_id, task_id, str(map_index),
+         expected],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def instances(stack: Stack, run_id: str) -> dict[str, dict[str, Any]]:
+    return {
+        (t["task_id"] if t["map_index"] < 0 else f"{t['task_id']}[{t['map_index']}]"): t
+        for t in stack.api.task_instances(run_id)
+    }
+
+
+def wait_until(stack: Stack, run_id: str, key: str, state: str, timeout: float = 240) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if str(instances(stack, run_id).get(key, {}).get("state")) == state:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{key} never became {state}: {stack.states(run_id)}")
+
+
+def assert_completed_with_one_retry(stack: Stack, run_id: str, retried: str) -> None:
+    assert stack.finished(run_id) == "success", stack.progress.getvalue()
+    tis = instances(stack, run_id)
+    states = {k: str(t["state"]) for k, t in tis.items()}
+    assert all(s in ("success", "skipped") for s in states.values()), states
+    assert states[retried] == "success", states
+    assert tis[retried]["try_number"] == 2, tis[retried]
+    assert stack.xcom(run_id, "report")["phase"] == "completed"
+
+
+def test_a_gate_failed_by_airflow_while_baking_bakes_again(stack: Stack) -> None:
+    reseed(stack)
+    run_id = stack.start(wave_concurrency=4, bake_seconds=15)
+    wait_until(stack, run_id, "metric_gate", "deferred")
+    assert emulate_spurious_failure(stack, run_id, "metric_gate", "deferred") == "up_for_retry"
+    assert_completed_with_one_retry(stack, run_id, "metric_gate")
+
+
+def test_a_namespace_failed_by_airflow_while_waiting_for_its_wave_still_moves(
+    stack: Stack,
+) -> None:
+    reseed(stack)
+    run_id = stack.start(wave_concurrency=1)
+    wait_until(stack, run_id, "remaining_namespaces", "success")
+    # one namespace a wave: the last one waits for all the others
+    last = len(stack.xcom(run_id, "remaining_namespaces")) - 1
+    key = f"upgrade_namespace[{last}]"
+    wait_until(stack, run_id, key, "deferred")
+    state = emulate_spurious_failure(stack, run_id, "upgrade_namespace", "deferred", last)
+    assert state == "up_for_retry"
+    assert_completed_with_one_retry(stack, run_id, key)
+
+
+def test_an_approval_failed_by_airflow_asks_again(stack: Stack) -> None:
+    reseed(stack)
+    run_id = stack.start(wave_concurrency=4, require_approval=True)
+    wait_until(stack, run_id, "approve_canary", "awaiting_input")
+    state = emulate_spurious_failure(stack, run_id, "approve_canary", "awaiting_input")
+    assert state == "up_for_retry"
+    wait_until(stack, run_id, "approve_canary", "awaiting_input")  # asked again
+    path = f"/api/v2/dags/istio_canary_upgrade/dagRuns/{run_id}/taskInstances/approve_canary"
+    stack.api.call(
+        "PATCH", f"{path}/-1/hitlDetails", {"chosen_options": [approval.APPROVE],
+                                             "params_input": {}}
+    )  # fmt: skip
+    assert_completed_with_one_retry(stack, run_id, "approve_canary")
