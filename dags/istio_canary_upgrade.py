@@ -87,7 +87,7 @@ from maintenance_window import MaintenanceWindowTimetable
 
 from istio_upgrade import config, tasks
 from istio_upgrade.deadline import WavesPaused, WindowClosed
-from istio_upgrade.errors import NothingToDo
+from istio_upgrade.errors import NothingToDo, OldRevisionKept
 from istio_upgrade.operators import (
     CanaryApproval,
     MetricGateSensor,
@@ -293,7 +293,12 @@ def istio_canary_upgrade() -> None:
     @task(**VERDICT_RETRY)
     @timed
     def check_old_unused(resolved: dict[str, Any]) -> str:
-        return tasks.check_old_unused(resolved)
+        try:
+            return tasks.check_old_unused(resolved)
+        except OldRevisionKept as kept:
+            # Only users the plan named keep it: skip its removal, the run still completes.
+            get_current_context()["ti"].xcom_push("kept", str(kept))
+            raise AirflowSkipException(str(kept)) from kept
 
     @task(**ISTIOCTL_RETRY)
     @timed
@@ -353,10 +358,20 @@ def istio_canary_upgrade() -> None:
             tid: t["seconds"] for tid in STEPS if (t := ti.xcom_pull(task_ids=tid, key="timing"))
         }
         removal_held = ti.xcom_pull(task_ids="uninstall_old", key="held")
+        old_kept = ti.xcom_pull(task_ids="check_old_unused", key="kept")
         failed = failed_tasks(get_current_context())
         rollback_ran = ti.xcom_pull(task_ids="rollback.move_tag_back") is not None
         return tasks.final_report(
-            resolved, pre, gate, timings, answer, _outcomes(), removal_held, failed, rollback_ran
+            resolved,
+            pre,
+            gate,
+            timings,
+            answer,
+            _outcomes(),
+            removal_held,
+            failed,
+            rollback_ran,
+            old_kept,
         )
 
     @task(trigger_rule=TriggerRule.ALL_DONE, **VERDICT_RETRY)

@@ -148,3 +148,16 @@ class UpgradeLocked(UpgradeError):
 
     def __reduce__(self) -> tuple[type[UpgradeLocked], tuple[str, str, str]]:
         return (type(self), (self.holder, self.lease, self.expires))
+
+
+class OldRevisionKept(UpgradeError):
+    """Only users known before the run (and listed in its plan) still use the old revision:
+    it is kept, not removed, and the run still completes."""
+
+    def __init__(self, revision: str, users: str) -> None:
+        self.revision = revision
+        self.users = users
+        super().__init__(f"revision {revision} kept: used by {users}, as the plan said")
+
+    def __reduce__(self) -> tuple[type[OldRevisionKept], tuple[str, str]]:
+        return (type(self), (self.revision, self.users))

@@ -22,7 +22,9 @@ class UpgradePhase(StrEnum):
     CANARY = "canary"  # gateway and canary namespaces restarted onto the new revision
     ROLLED_BACK = "rolled_back"  # tag back on the old revision, moved workloads restarted
     PAUSED = "paused"  # stopped between waves; the mesh is in a valid mixed state
-    COMPLETED = "completed"  # every namespace moved and the old revision removed
+    MOVED = "moved"  # every namespace moved; the old revision's removal failed or did not run
+    # every namespace moved and the old revision removed (or kept for users the plan named)
+    COMPLETED = "completed"
 
 
 @dataclass(frozen=True)

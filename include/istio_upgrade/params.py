@@ -13,6 +13,7 @@ from typing import Any
 
 from istio_upgrade.errors import ParamError
 from istio_upgrade.model import MeshSnapshot, WorkloadRef, points_at_tag, revision_version
+from istio_upgrade.references import KeptBy, kept_by
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -809,6 +810,8 @@ class ResolvedParams:
     window_basis: str = "no window"
     # Who holds the cluster's upgrade lock for this run (upgrade_lock); "": no lock (dry run)
     lock_holder: str = ""
+    # What will keep the old revision in use after the run, known before it started
+    kept_by: KeptBy = field(default_factory=KeptBy)
 
     @property
     def target_revision(self) -> str:
@@ -830,6 +833,10 @@ class ResolvedParams:
             "window_end": self.window_end,
             "window_basis": self.window_basis,
             "lock_holder": self.lock_holder,
+            "kept_by": {
+                "users": list(self.kept_by.users),
+                "namespaces": list(self.kept_by.namespaces),
+            },
         }
 
     @classmethod
@@ -845,6 +852,10 @@ class ResolvedParams:
             window_end=data.get("window_end"),
             window_basis=data.get("window_basis", "no window"),
             lock_holder=data.get("lock_holder", ""),
+            kept_by=KeptBy(
+                tuple(data.get("kept_by", {}).get("users", ())),
+                tuple(data.get("kept_by", {}).get("namespaces", ())),
+            ),
         )
 
 
@@ -908,6 +919,7 @@ def check_against_cluster(params: UpgradeParams, snapshot: MeshSnapshot) -> Reso
         canary=tuple(sorted(canary)),
         excluded=excluded,
         resumed=resumed,
+        kept_by=kept_by(snapshot, current, tag, namespaces),
     )
 
 

@@ -211,7 +211,8 @@ def _restart_command(namespace: str, workloads: Collection[WorkloadRef]) -> str:
 def _warnings(
     resolved: ResolvedParams, snapshot: MeshSnapshot, plans: tuple[NamespacePlan, ...]
 ) -> list[str]:
-    """What will still use the old revision after the run, so its removal will be refused."""
+    """What will still use the old revision after the run (`ResolvedParams.kept_by`), so it
+    will be kept; anything else found using it at the end fails the removal."""
     current = resolved.current_revision
     out = [
         f"namespace {p.name}: pods {', '.join(p.unrestartable_pods)} have no controller to "
@@ -230,6 +231,17 @@ def _warnings(
         for ns in snapshot.namespaces
         if ns.labels.get("istio.io/rev") == current
     ]
+    out += [
+        f"tag {t.name} points at {current}: the old revision stays installed for it; move it "
+        f"(istioctl tag set {t.name} --revision {resolved.target_revision} --overwrite -y)"
+        for t in snapshot.tags
+        if t.revision == current and t.name != resolved.tag
+    ]
+    if out:
+        out.append(
+            f"so revision {current} is kept, not removed: the run still completes, its report "
+            "names what keeps it"
+        )
     return out
 
 

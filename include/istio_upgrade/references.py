@@ -1,15 +1,17 @@
 """Is a revision still in use? The question that guards uninstalling it.
 
-Three answers, as in Sail Operator: yes (with every user named), no, and unknown. Unknown is
-what a failed read gives, and it blocks removal exactly as "yes" does.
+Two answers: yes (with every user named) and no; a failed read raises, which blocks removal
+as "yes" does. The users a run knows of before it starts (other tags, pinned or excluded
+namespaces, pods no restart moves) are `kept_by`: the old revision is then kept, not failed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
-from istio_upgrade.model import REV_LABEL, MeshSnapshot
+from istio_upgrade.model import REV_LABEL, MeshSnapshot, WorkloadRef
 from istio_upgrade.progress import TERMINAL_POD_PHASES
 
 
@@ -18,7 +20,6 @@ class Usage(StrEnum):
 
     IN_USE = "in_use"  # at least one pod, namespace or tag refers to it
     UNUSED = "unused"  # nothing refers to it: safe to remove
-    UNKNOWN = "unknown"  # the cluster could not be read: treat as in use
 
 
 @dataclass(frozen=True)
@@ -38,28 +39,85 @@ class RevisionUsage:
             return f"revision {self.revision} is not used by any pod, namespace or tag"
         shown = ", ".join(self.users[:20])
         more = f" and {len(self.users) - 20} more" if len(self.users) > 20 else ""
-        what = "still used by" if self.usage is Usage.IN_USE else "usage unknown:"
-        return f"revision {self.revision} {what} {shown}{more}"
+        return f"revision {self.revision} still used by {shown}{more}"
 
 
-def revision_usage(snapshot: MeshSnapshot, revision: str) -> RevisionUsage:
-    """Who refers to `revision`: running pods injected by it, namespaces and tags naming it.
+@dataclass(frozen=True)
+class User:
+    """One thing that refers to a revision: a tag, a namespace's label, or a pod."""
+
+    kind: str  # "tag", "namespace" or "pod"
+    name: str
+    namespace: str = ""  # a pod's
+    owner: WorkloadRef | None = None  # a pod's controller; None: no restart moves it
+
+    def __str__(self) -> str:
+        if self.kind == "tag":
+            return f"tag {self.name}"
+        if self.kind == "namespace":
+            return f"namespace {self.name} (label {REV_LABEL})"
+        return f"pod {self.namespace}/{self.name}"
+
+
+def users_of(snapshot: MeshSnapshot, revision: str) -> list[User]:
+    """Running pods injected by `revision`, namespaces and tags naming it.
 
     Pods that finished (Succeeded/Failed) no longer need their control plane; every other
     phase (Pending, Running, Unknown) counts as a user.
     """
-    users = [f"tag {t.name}" for t in snapshot.tags if t.revision == revision]
+    users = [User("tag", t.name) for t in snapshot.tags if t.revision == revision]
     for ns in snapshot.namespaces:
         if ns.labels.get(REV_LABEL) == revision:
-            users.append(f"namespace {ns.name} (label {REV_LABEL}={revision})")
+            users.append(User("namespace", ns.name))
         users += [
-            f"pod {p.namespace}/{p.name}"
+            User("pod", p.name, p.namespace, p.owner)
             for p in ns.pods
             if p.revision == revision and p.phase not in TERMINAL_POD_PHASES
         ]
-    return RevisionUsage(revision, Usage.IN_USE if users else Usage.UNUSED, tuple(users))
+    return users
 
 
-def unknown_usage(revision: str, reason: str) -> RevisionUsage:
-    """The answer when the cluster could not be read."""
-    return RevisionUsage(revision, Usage.UNKNOWN, (reason,))
+def revision_usage(snapshot: MeshSnapshot, revision: str) -> RevisionUsage:
+    users = tuple(str(u) for u in users_of(snapshot, revision))
+    return RevisionUsage(revision, Usage.IN_USE if users else Usage.UNUSED, users)
+
+
+@dataclass(frozen=True)
+class KeptBy:
+    """What will keep the old revision in use after a run, known before the run starts.
+
+    `users` are tags, namespace labels and pods no restart moves, by name; `namespaces` are
+    namespaces the run does not move whose pods use it (their pods come and go by name).
+    """
+
+    users: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.namespaces)
+
+    def covers(self, user: User, moved: Collection[WorkloadRef] = ()) -> bool:
+        """Known before the run; a pod of a workload the run moves (a gateway) never is."""
+        if str(user) in self.users:
+            return True
+        return user.kind == "pod" and user.namespace in self.namespaces and user.owner not in moved
+
+    def describe(self) -> str:
+        return ", ".join([*self.users, *(f"the pods of namespace {n}" for n in self.namespaces)])
+
+
+def kept_by(snapshot: MeshSnapshot, revision: str, tag: str, moving: Collection[str]) -> KeptBy:
+    """Who will still use `revision` once a run has moved `tag` away from it and restarted
+    every workload of the namespaces `moving`."""
+    users: list[str] = []
+    namespaces: set[str] = set()
+    for user in users_of(snapshot, revision):
+        if user.kind == "tag" and user.name == tag:
+            continue
+        if user.kind != "pod":
+            users.append(str(user))
+        elif user.namespace not in moving:
+            namespaces.add(user.namespace)
+        elif user.owner is None:
+            users.append(str(user))
+    return KeptBy(tuple(users), tuple(sorted(namespaces)))

@@ -8,12 +8,18 @@ repeating work. Inputs and outputs are plain data (dicts), as they cross task bo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from istio_upgrade import cluster, istioctl_pod, progress
 from istio_upgrade.cluster import Kube
-from istio_upgrade.errors import ClusterStateError, NothingToDo, ParamError, RevisionInUse
+from istio_upgrade.errors import (
+    ClusterStateError,
+    NothingToDo,
+    OldRevisionKept,
+    ParamError,
+    RevisionInUse,
+)
 from istio_upgrade.istioctl import (
     Runner,
     check_version,
@@ -36,7 +42,7 @@ from istio_upgrade.params import (
     check_against_cluster,
     parse_params,
 )
-from istio_upgrade.references import revision_usage
+from istio_upgrade.references import KeptBy, users_of
 
 log = logging.getLogger(__name__)
 
@@ -294,12 +300,20 @@ def moved_namespaces(kube: Kube, names: Sequence[str], revision: str) -> list[st
     ]
 
 
-def check_unused(kube: Kube, revision: str) -> str:
-    """Refuse to go on while anything refers to `revision` (a failed read refuses too)."""
-    usage = revision_usage(cluster.snapshot(kube), revision)
-    if not usage.safe_to_remove:
-        raise RevisionInUse(revision, list(usage.users))
-    return usage.describe()
+def check_unused(
+    kube: Kube, revision: str, kept: KeptBy, moved: Collection[WorkloadRef] = ()
+) -> str:
+    """Refuse to go on while anything the run did not expect refers to `revision` (a failed
+    read refuses too); OldRevisionKept when only the users `kept` (known before the run,
+    listed in its plan) do. A pod of a workload in `moved` (the gateways) is never expected.
+    """
+    users = users_of(cluster.snapshot(kube), revision)
+    unexpected = [str(u) for u in users if not kept.covers(u, moved)]
+    if unexpected:
+        raise RevisionInUse(revision, unexpected)
+    if users:
+        raise OldRevisionKept(revision, kept.describe())
+    return f"revision {revision} is not used by any pod, namespace or tag"
 
 
 def uninstall(kube: Kube, istioctl: Runner, revision: str) -> bool:

@@ -36,6 +36,7 @@ from istio_upgrade.istioctl import Istioctl, Runner, resolve, version_of_revisio
 from istio_upgrade.istioctl_in_cluster import PodIstioctl
 from istio_upgrade.model import MeshSnapshot, RevisionTag, UpgradePhase, WorkloadRef
 from istio_upgrade.params import ResolvedParams, parse_params, with_target
+from istio_upgrade.references import KeptBy
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +345,9 @@ def finish_waves(resolved: dict[str, Any], outcomes: Sequence[Any]) -> dict[str,
 
 
 def check_old_unused(resolved: dict[str, Any]) -> str:
+    """RevisionInUse naming what the plan did not know; OldRevisionKept when it knew them all."""
     run = _run(resolved)
-    return steps.check_unused(run.kube, run.current)
+    return steps.check_unused(run.kube, run.current, run.rp.kept_by, _gateways(run.rp))
 
 
 def uninstall_old(resolved: dict[str, Any], run_id: str, now: float | None = None) -> bool:
@@ -391,7 +393,7 @@ def remove_new_revision(resolved: dict[str, Any], run_id: str) -> str:
     run = _run(resolved, run_id)
     if not run.rp.params.remove_new_revision_on_rollback:
         return f"kept revision {run.target} (remove_new_revision_on_rollback is off)"
-    steps.check_unused(run.kube, run.target)
+    steps.check_unused(run.kube, run.target, KeptBy())  # nothing may use it: any user refuses
     steps.uninstall(run.kube, run.istioctl, run.target)
     return f"removed revision {run.target}"
 
@@ -405,12 +407,15 @@ def phase_of(
     rolled_back: bool,
     held: Sequence[str] = (),
     removal_held: bool = False,
+    old_kept: bool = False,
 ) -> UpgradePhase:
     """Where the mesh stands, read from the cluster rather than from which tasks ran.
 
     PAUSED needs both: namespaces held back by the window (or, with every namespace moved,
     the old revision's removal held back), and no other namespace of the run off the target
-    (one that started and did not arrive means a failure, not a pause).
+    (one that started and did not arrive means a failure, not a pause). With every namespace
+    moved, the old revision installed is COMPLETED when only users the plan knew keep it
+    (`old_kept`), else MOVED (its removal failed or did not run).
     """
     tag = snapshot.tag(rp.tag)
     on_target = tag is not None and tag.revision == rp.target_revision
@@ -427,6 +432,8 @@ def phase_of(
             return UpgradePhase.PAUSED
         if removal_held and not left:
             return UpgradePhase.PAUSED
+        if not left:
+            return UpgradePhase.COMPLETED if old_kept else UpgradePhase.MOVED
         return UpgradePhase.CANARY
     if rolled_back:
         return UpgradePhase.ROLLED_BACK
@@ -445,13 +452,15 @@ def final_report(
     removal_held: str | None = None,
     failed: Sequence[str] = (),
     rollback_ran: bool = False,
+    old_kept: str | None = None,
 ) -> dict[str, Any]:
     """The run report: revisions per namespace before/after, timings, metric figures, phase.
 
     `outcomes` are those of the namespaces of the waves (the held ones make a pause),
     `removal_held` why the old revision was not removed (uninstall_old's WavesPaused), if so,
     `failed` the run's failed tasks (named in the reason), `rollback_ran` whether the
-    rollback path moved the tag back (after a failed gate, a rejection or a failure).
+    rollback path moved the tag back (after a failed gate, a rejection or a failure),
+    `old_kept` why the old revision was kept (check_old_unused's OldRevisionKept), if so.
     """
     run = _run(resolved)
     after = cluster.snapshot(run.kube)
@@ -459,9 +468,19 @@ def final_report(
     rolled_back = rollback_ran or (gate is not None and not result.proceed)
     held = waves.held([waves.outcome_from_json(o) for o in outcomes])
     held_names = [o.namespace for o in held]
-    phase = phase_of(after, run.rp, rolled_back, held_names, removal_held is not None)
-    if phase is UpgradePhase.COMPLETED:
+    phase = phase_of(
+        after, run.rp, rolled_back, held_names, removal_held is not None, old_kept is not None
+    )
+    if phase is UpgradePhase.COMPLETED and old_kept:
+        reason = f"every namespace of the run runs {run.target}; {old_kept}"
+    elif phase is UpgradePhase.COMPLETED:
         reason = f"every namespace runs {run.target}; revision {run.current} removed"
+    elif phase is UpgradePhase.MOVED:
+        culprit = ", ".join(failed) or "the removal"
+        reason = (
+            f"every namespace of the run runs {run.target}, but revision {run.current} was "
+            f"not removed: {culprit} failed; see it, fix and clear it"
+        )
     elif phase is UpgradePhase.PAUSED and removal_held and not held_names:
         reason = removal_held
     elif phase is UpgradePhase.PAUSED:

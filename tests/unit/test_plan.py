@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -182,6 +183,7 @@ def test_warnings_name_what_keeps_the_old_revision_in_use() -> None:
         app("qux", OLD),
         namespace("legacy", pod("legacy", "a", OLD, "a"), labels={"istio.io/rev": OLD}),
     )
+    snapshot = replace(snapshot, tags=(*snapshot.tags, RevisionTag("prod-stable", OLD)))
     plan = plan_for(snapshot, exclude_namespaces=["qux"])
     assert plan.excluded == ("qux",)
     assert plan.waves == (("jobs",),)
@@ -191,7 +193,21 @@ def test_warnings_name_what_keeps_the_old_revision_in_use() -> None:
         "namespace qux is excluded: its pods keep their proxies and the old revision stays in use",
         f"namespace legacy is labelled istio.io/rev={OLD}: it is pinned to the old revision; "
         "relabel it istio.io/rev=default to move it",
+        f"tag prod-stable points at {OLD}: the old revision stays installed for it; move it "
+        f"(istioctl tag set prod-stable --revision {NEW} --overwrite -y)",
+        f"so revision {OLD} is kept, not removed: the run still completes, its report names "
+        "what keeps it",
     )
+    # The same users, as the end of the run compares them with what it finds then
+    kept = check_against_cluster(
+        parse_params({"target_revision": NEW, "exclude_namespaces": ["qux"]}), snapshot
+    ).kept_by
+    assert kept.users == (
+        "tag prod-stable",
+        "pod jobs/once",
+        "namespace legacy (label istio.io/rev)",
+    )
+    assert kept.namespaces == ("legacy", "qux")
 
 
 def test_render_plan_of_the_worked_example() -> None:
@@ -257,7 +273,7 @@ def test_render_plan_shows_done_steps_skips_and_warnings() -> None:
         pytest.param(
             mesh(*(app(n, NEW) for n in ("foo", "bar")), planes=(OLD, NEW), tag=NEW),
             False,
-            UpgradePhase.CANARY,
+            UpgradePhase.MOVED,  # every wave done: the report must not say "canary"
             id="all-moved-removal-failed",
         ),
         pytest.param(
@@ -280,6 +296,14 @@ def test_phase_pauses_on_a_held_removal_only_with_every_namespace_moved(
     before = mesh(app("foo", OLD), app("bar", OLD))
     rp = check_against_cluster(parse_params({"target_revision": NEW}), before)
     assert phase_of(after, rp, rolled_back=False, removal_held=removal_held) is phase
+
+
+def test_an_old_revision_kept_for_known_users_completes_the_run() -> None:
+    before = mesh(app("foo", OLD), app("bar", OLD))
+    rp = check_against_cluster(parse_params({"target_revision": NEW}), before)
+    after = mesh(app("foo", NEW), app("bar", NEW), planes=(OLD, NEW), tag=NEW)
+    assert phase_of(after, rp, rolled_back=False, old_kept=True) is UpgradePhase.COMPLETED
+    assert phase_of(after, rp, rolled_back=False, old_kept=False) is UpgradePhase.MOVED
 
 
 # -- how a run ends (tasks.conclude) and where it goes after the canary (tasks.decide) -----------
