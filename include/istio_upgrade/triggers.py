@@ -314,7 +314,9 @@ class NamespaceUpgradeTrigger(BaseTrigger):
             if decision.call is not waves.Call.WAIT:
                 return decision
             self.log.debug("namespace=%s %s: %s", item.namespace, decision.reason, states)
-            await asyncio.sleep(self.poll_seconds)
+            # as often as run_state refreshes the states (shared by every waiting namespace):
+            # a wave starts up to a poll sooner at no extra request
+            await asyncio.sleep(min(self.poll_seconds, run_state.TTL_SECONDS))
 
     async def _move(self, item: waves.WaveItem, turn: waves.Turn) -> waves.NamespaceOutcome:
         """Restart what is off the target, wait for every rollout, verify every pod."""
