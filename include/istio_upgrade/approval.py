@@ -9,12 +9,11 @@ the scheduler records `approval_default` (reject unless configured otherwise: fa
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from istio_upgrade.health import HealthVerdict, Metric
+from istio_upgrade.health import HealthVerdict, figure
 from istio_upgrade.params import ResolvedParams
 
 APPROVE = "Approve"
@@ -47,12 +46,6 @@ def subject(rp: ResolvedParams) -> str:
     )
 
 
-def _figure(metric: str, value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "no data"
-    return f"{value:.4f}" if metric == Metric.SUCCESS_RATE.value else f"{value:.1f} ms"
-
-
 def body(
     rp: ResolvedParams,
     gate: Mapping[str, Any],
@@ -75,8 +68,8 @@ def body(
         "| Namespace | Metric | Value | Limit | Outcome |",
         "|---|---|---|---|---|",
         *(
-            f"| {c['namespace']} | {c['metric']} | {_figure(c['metric'], c.get('value'))} "
-            f"| {_figure(c['metric'], c.get('limit'))} | {c['outcome']} |"
+            f"| {c['namespace']} | {c['metric']} | {figure(c['metric'], c.get('value'))} "
+            f"| {figure(c['metric'], c.get('limit'))} | {c['outcome']} |"
             for c in checks
         ),
         "",

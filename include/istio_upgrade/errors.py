@@ -43,21 +43,6 @@ class ClusterStateError(UpgradeError):
         return (type(self), (self.obj, self.value, self.expectation, self.fix))
 
 
-class GateFailed(UpgradeError):
-    """The metric gate counted too many failed checks: the forward path stops, rollback starts."""
-
-    def __init__(self, failed: int, limit: int, detail: str) -> None:
-        self.failed = failed
-        self.limit = limit
-        self.detail = detail
-        super().__init__(
-            f"metric gate failed: {failed} failed checks reached failure_limit {limit}; {detail}"
-        )
-
-    def __reduce__(self) -> tuple[type[GateFailed], tuple[int, int, str]]:
-        return (type(self), (self.failed, self.limit, self.detail))
-
-
 class RolloutFailed(UpgradeError):
     """A restarted workload did not finish its rollout (deadline exceeded or timed out)."""
 

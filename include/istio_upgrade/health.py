@@ -170,8 +170,11 @@ class MetricCheck:
         )
 
 
-def _figure(metric: Metric, value: float) -> str:
-    return f"{value:.4f}" if metric is Metric.SUCCESS_RATE else f"{value:.1f}ms"
+def figure(metric: Metric | str, value: float | None, missing: str = "no data") -> str:
+    """A metric's value as every message, table and report shows it."""
+    if value is None or math.isnan(value):
+        return missing
+    return f"{value:.4f}" if metric == Metric.SUCCESS_RATE else f"{value:.1f}ms"
 
 
 def evaluate(namespace: str, metric: Metric, value: float | None, limit: float) -> MetricCheck:
@@ -185,7 +188,7 @@ def evaluate(namespace: str, metric: Metric, value: float | None, limit: float) 
             limit,
             CheckOutcome.NO_DATA,
             f"namespace {namespace!r} {metric}: no samples in the window (no traffic?), "
-            f"limit {_figure(metric, limit)}; counts as failed",
+            f"limit {figure(metric, limit)}; counts as failed",
         )
     if metric.lower_bound:
         breached, relation = value < limit, ("below", "at or above")
@@ -198,8 +201,8 @@ def evaluate(namespace: str, metric: Metric, value: float | None, limit: float) 
         value,
         limit,
         CheckOutcome.BREACHED if breached else CheckOutcome.PASSED,
-        f"namespace {namespace!r} {metric}={_figure(metric, value)} {word} "
-        f"limit {_figure(metric, limit)}",
+        f"namespace {namespace!r} {metric}={figure(metric, value)} {word} "
+        f"limit {figure(metric, limit)}",
     )
 
 

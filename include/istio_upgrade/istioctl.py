@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from istio_upgrade.errors import ParamError
+from istio_upgrade.model import revision_version
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,6 @@ class Runner(Protocol):
     """Runs one istioctl command somewhere: here (`Istioctl`) or in a pod (istioctl_in_cluster)."""
 
     def run(self, *args: str) -> Result: ...
-
-
-def version_of_revision(revision: str) -> str:
-    """Istio's revision naming read back: `1-31-0` -> `1.31.0`."""
-    return revision.replace("-", ".")
 
 
 def search_folders() -> list[str]:
@@ -93,7 +89,14 @@ def resolve(spec: str, target_revision: str) -> str:
                 "at <folder>/istioctl-<version>/istioctl in one of those folders",
             )
         return path
-    version = spec or version_of_revision(target_revision)
+    version = spec or revision_version(target_revision)
+    if not version:
+        raise ParamError(
+            "istioctl",
+            spec,
+            f"cannot be found: target_revision {target_revision!r} spells no Istio version",
+            "set istioctl to a version such as '1.31.0' or a path",
+        )
     for folder in folders:
         matches = sorted(glob.glob(os.path.join(folder, f"istioctl-{version}*", "istioctl")))
         if matches:

@@ -18,7 +18,6 @@ class UpgradePhase(StrEnum):
 
     VALIDATED = "validated"  # params checked against the cluster, nothing changed yet
     INSTALLED = "installed"  # the new control plane runs beside the old one
-    TAG_MOVED = "tag_moved"  # new pods in tagged namespaces get the new proxy
     CANARY = "canary"  # gateway and canary namespaces restarted onto the new revision
     ROLLED_BACK = "rolled_back"  # tag back on the old revision, moved workloads restarted
     PAUSED = "paused"  # stopped between waves; the mesh is in a valid mixed state

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from istio_upgrade.health import Metric, MetricCheck
+from istio_upgrade.health import MetricCheck, figure
 from istio_upgrade.model import MeshSnapshot, UpgradePhase
 from istio_upgrade.progress import revision_counts
 
@@ -76,12 +76,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def _figure(check: MetricCheck, value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if check.metric is Metric.SUCCESS_RATE else f"{value:.1f}ms"
-
-
 def render_report(
     before: MeshSummary,
     after: MeshSummary,
@@ -128,7 +122,13 @@ def render_report(
         lines += _table(
             ("NAMESPACE", "METRIC", "VALUE", "LIMIT", "OUTCOME"),
             [
-                (c.namespace, c.metric.value, _figure(c, c.value), _figure(c, c.limit), c.outcome)
+                (
+                    c.namespace,
+                    c.metric.value,
+                    figure(c.metric, c.value, "-"),
+                    figure(c.metric, c.limit, "-"),
+                    c.outcome,
+                )
                 for c in checks
             ],
         )

@@ -32,9 +32,15 @@ from istio_upgrade.config import allowed_targets, check_allowed
 from istio_upgrade.connections import kube_target
 from istio_upgrade.deadline import Outcome, Span, WavesPaused, WindowClosed
 from istio_upgrade.errors import UpgradeError, WavesFailed
-from istio_upgrade.istioctl import Istioctl, Runner, resolve, version_of_revision
+from istio_upgrade.istioctl import Istioctl, Runner, resolve
 from istio_upgrade.istioctl_in_cluster import PodIstioctl
-from istio_upgrade.model import MeshSnapshot, RevisionTag, UpgradePhase, WorkloadRef
+from istio_upgrade.model import (
+    MeshSnapshot,
+    RevisionTag,
+    UpgradePhase,
+    WorkloadRef,
+    revision_version,
+)
 from istio_upgrade.params import ResolvedParams, parse_params, with_target
 from istio_upgrade.references import KeptBy
 
@@ -67,7 +73,8 @@ def _run(resolved: dict[str, Any], run_id: str = "") -> Run:
         upgrade_lock.hold(kube, rp.lock_holder, upgrade_lock.lease_seconds(rp.params))
     istioctl: Runner
     if rp.params.istioctl_runner == "pod":
-        version = rp.params.istioctl_version or version_of_revision(rp.target_revision)
+        # validate made sure one of the two names a version
+        version = rp.params.istioctl_version or revision_version(rp.target_revision) or ""
         istioctl = PodIstioctl(kube, version, run_id, repository=rp.params.istioctl_image)
     else:
         binary = resolve(rp.params.istioctl, rp.target_revision)

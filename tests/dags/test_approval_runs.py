@@ -74,7 +74,7 @@ def test_approve_shows_the_canary_figures_and_completes(seeded: Sandbox, rest_ap
     assert asked["options"] == ["Approve", "Reject"] and asked["defaults"] == ["Reject"]
     body = asked["body"]
     rate = re.search(r"\| bar \| success_rate \| (\d\.\d{4}) \| 0\.9900 \| passed \|", body)
-    p99 = re.search(r"\| bar \| p99_ms \| (\d+\.\d) ms \| [\d.]+ ms \| passed \|", body)
+    p99 = re.search(r"\| bar \| p99_ms \| (\d+\.\d)ms \| [\d.]+ms \| passed \|", body)
     assert rate and float(rate.group(1)) >= 0.99, body
     assert p99 and float(p99.group(1)) > 0, body
     assert "**Reject**: move tag `default` back" in body

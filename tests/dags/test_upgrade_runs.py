@@ -22,7 +22,8 @@ from dag_runs import states as run_states
 from sandbox_fixture import Sandbox
 
 from istio_upgrade import cluster, istioctl_pod, plan, progress, steps
-from istio_upgrade.istioctl import install_args, tag_set_args, uninstall_args, version_of_revision
+from istio_upgrade.istioctl import install_args, tag_set_args, uninstall_args
+from istio_upgrade.model import revision_version
 from istio_upgrade.params import TARGET_VARIABLE
 
 ISTIOCTL_PODS = ",".join(f"{k}={v}" for k, v in istioctl_pod.LABELS.items())
@@ -129,7 +130,7 @@ def test_pod_runner_upgrades_with_istioctl_pods(seeded: Sandbox) -> None:
 
     # The runtime stand-in keeps each pod's output by pod name, named from the run id.
     logs = Path(box.env["SANDBOX_HOME"]) / "runtime" / "logs" / istioctl_pod.NAMESPACE
-    version = version_of_revision(box.new_revision)
+    version = revision_version(box.new_revision) or ""
     expected = {
         "x precheck": ("x", "precheck"),
         "install": install_args(box.new_revision, "minimal"),

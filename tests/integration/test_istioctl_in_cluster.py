@@ -14,8 +14,8 @@ from sandbox_fixture import REPO, Sandbox
 
 from istio_upgrade import cluster, istioctl_pod, steps
 from istio_upgrade.errors import ClusterStateError, ParamError
-from istio_upgrade.istioctl import version_of_revision
 from istio_upgrade.istioctl_in_cluster import PodIstioctl, phase
+from istio_upgrade.model import revision_version
 
 pytestmark = pytest.mark.sandbox
 
@@ -26,7 +26,7 @@ RBAC = REPO / "include" / "rbac.yaml"
 def runner(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[PodIstioctl]:
     """A runner keyed by the test's name, so its pods are the test's own."""
     kube = sandbox.kube()
-    version = version_of_revision(sandbox.new_revision)
+    version = revision_version(sandbox.new_revision) or ""
     yield PodIstioctl(kube, version, key=request.node.name, poll_seconds=0.2)
     for pod in kube.core.list_namespaced_pod(
         istioctl_pod.NAMESPACE, label_selector="app.kubernetes.io/component=istioctl"

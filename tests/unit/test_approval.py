@@ -119,8 +119,8 @@ def test_body_shows_the_canary_figures_and_what_each_answer_does() -> None:
     rp = resolved(approval_default="approve", wave_concurrency=3)
     text = body(rp, PASSED, "30m00s", [("baz", "foo", "qux")])
     assert "| bar | success_rate | 0.9973 | 0.9900 | passed |" in text
-    assert "| bar | p99_ms | 23.0 ms | 500.0 ms | passed |" in text
-    assert "| bar | p99_ms | no data | 500.0 ms | no_data |" in text
+    assert "| bar | p99_ms | 23.0ms | 500.0ms | passed |" in text
+    assert "| bar | p99_ms | no data | 500.0ms | no_data |" in text
     assert "gate passed: 0 of 4 checks failed" in text
     assert "waves of 3 (baz, foo, qux)" in text
     assert "move tag `default` back to `1-14-6`" in text
