@@ -111,6 +111,7 @@ def _transient(err: Exception) -> bool:
 
 
 GATE_STATE_KEY = "gate_state"
+RESUMED_AFTER_SECONDS = 10.0
 
 
 class MetricGateTrigger(BaseTrigger):
@@ -163,8 +164,6 @@ class MetricGateTrigger(BaseTrigger):
                 health.run_check, self.prometheus_url, self.namespaces, params, baseline
             )
             state, verdict = health.next_state(state, checks, time.time(), params)
-            if self.ti_key:
-                await run_state.push_xcom(GATE_STATE_KEY, state.to_dict(), *self.ti_key)
             self.log.info(
                 "gate check=%d failed=%d verdict=%s",
                 state.checks_done,
@@ -180,11 +179,22 @@ class MetricGateTrigger(BaseTrigger):
                     }
                 )
                 return
-            await asyncio.sleep(params.check_interval_seconds)
+            # kept while waiting for the next check, so the store never delays a verdict
+            await asyncio.gather(self._save(state), asyncio.sleep(params.check_interval_seconds))
+
+    async def _save(self, state: health.GateState) -> None:
+        if self.ti_key:
+            await run_state.push_xcom(GATE_STATE_KEY, state.to_dict(), *self.ti_key)
 
     async def _saved_state(self, initial: health.GateState) -> health.GateState:
-        """The counters this bake already has (from before a triggerer restart), if any."""
-        if not self.ti_key:
+        """The counters this bake already has (from before a triggerer restart), if any.
+
+        A trigger starts within seconds of its deferral; one that starts later may be the
+        same trigger again after a triggerer died (its triggers are handed on only after
+        the triggerer misses its heartbeats, 30 s by default), so only then is the store
+        read: a read through the triggerer's supervisor can take seconds.
+        """
+        if not self.ti_key or time.time() - initial.started_at < RESUMED_AFTER_SECONDS:
             return initial
         dag_id, run_id, task_id, map_index = self.ti_key
         saved = await run_state.xcoms(GATE_STATE_KEY, dag_id, run_id, task_id, [map_index])

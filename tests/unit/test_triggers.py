@@ -143,13 +143,19 @@ def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
     monkeypatch.setattr(run_state, "xcoms", read)
     monkeypatch.setattr(health, "run_check", run_check)
     params = parse_params(
-        {"target_revision": "1-32-0", "failure_limit": 3, "check_interval_seconds": 1}
+        {
+            "target_revision": "1-32-0",
+            "failure_limit": 3,
+            "check_interval_seconds": 1,
+            "bake_seconds": 600,
+        }
     )
     _, kwargs = MetricGateTrigger(
         "http://prom:9090",
         ["foo"],
         params.to_dict(),
-        health.GateState(started_at=time.time()).to_dict(),
+        # deferred a while ago: a trigger starting now may be a restarted one
+        health.GateState(started_at=time.time() - 60).to_dict(),
         ti_key=["istio_canary_upgrade", "manual__1", "metric_gate", -1],
     ).serialize()
 
