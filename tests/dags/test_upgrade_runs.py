@@ -21,7 +21,7 @@ from dag_runs import (
 from dag_runs import states as run_states
 from sandbox_fixture import Sandbox
 
-from istio_upgrade import cluster, istioctl_pod, plan, progress, steps
+from istio_upgrade import cluster, istioctl_pod, plan, progress, steps, upgrade_lock
 from istio_upgrade.istioctl import install_args, tag_set_args, uninstall_args
 from istio_upgrade.model import revision_version
 from istio_upgrade.params import TARGET_VARIABLE
@@ -117,6 +117,26 @@ def test_bad_input_fails_before_any_change(seeded: Sandbox) -> None:
     assert run_states["validate"] == "failed"
     assert run_states["precheck"] == "upstream_failed"
     assert resource_versions(seeded) == before
+
+
+def test_a_second_upgrade_of_the_cluster_is_refused_before_any_change(seeded: Sandbox) -> None:
+    """Another Airflow (or a copy of the DAG) holds the cluster: nothing runs, its lock stays."""
+    kube = seeded.kube()
+    other = "other-airflow/istio_canary_upgrade/manual__elsewhere"
+    upgrade_lock.hold(kube, other, 600)
+    try:
+        before = resource_versions(seeded)
+        dr = run_dag(fast_params(seeded))
+        run_states = states(dr)
+        assert str(dr.state) == "failed", run_states
+        assert run_states["validate"] == "failed", run_states  # once: a refusal, not retried
+        assert run_states["precheck"] == "upstream_failed", run_states
+        assert run_states["conclude"] == "failed", run_states
+        assert resource_versions(seeded) == before
+        lock = upgrade_lock.current(kube)
+        assert lock is not None and lock.holder == other, "the other run's lock was released"
+    finally:
+        upgrade_lock.release(kube, other)
 
 
 def test_pod_runner_upgrades_with_istioctl_pods(seeded: Sandbox) -> None:
