@@ -1,7 +1,7 @@
 """Is a revision still in use? The question that guards uninstalling it.
 
-Two answers: yes (with every user named) and no; a failed read raises, which blocks removal
-as "yes" does. The users a run knows of before it starts (other tags, pinned or excluded
+`users_of` names every user (a failed read raises, which blocks removal as a user does).
+The users a run knows of before it starts (other tags, pinned or excluded
 namespaces, pods no restart moves) are `kept_by`: the old revision is then kept, not failed.
 """
 
@@ -9,37 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from enum import StrEnum
 
 from istio_upgrade.model import REV_LABEL, MeshSnapshot, WorkloadRef
 from istio_upgrade.progress import TERMINAL_POD_PHASES
-
-
-class Usage(StrEnum):
-    """Whether anything still refers to a revision."""
-
-    IN_USE = "in_use"  # at least one pod, namespace or tag refers to it
-    UNUSED = "unused"  # nothing refers to it: safe to remove
-
-
-@dataclass(frozen=True)
-class RevisionUsage:
-    """The answer and the users that make it so (or why it is unknown)."""
-
-    revision: str
-    usage: Usage
-    users: tuple[str, ...]
-
-    @property
-    def safe_to_remove(self) -> bool:
-        return self.usage is Usage.UNUSED
-
-    def describe(self) -> str:
-        if self.usage is Usage.UNUSED:
-            return f"revision {self.revision} is not used by any pod, namespace or tag"
-        shown = ", ".join(self.users[:20])
-        more = f" and {len(self.users) - 20} more" if len(self.users) > 20 else ""
-        return f"revision {self.revision} still used by {shown}{more}"
 
 
 @dataclass(frozen=True)
@@ -75,11 +47,6 @@ def users_of(snapshot: MeshSnapshot, revision: str) -> list[User]:
             if p.revision == revision and p.phase not in TERMINAL_POD_PHASES
         ]
     return users
-
-
-def revision_usage(snapshot: MeshSnapshot, revision: str) -> RevisionUsage:
-    users = tuple(str(u) for u in users_of(snapshot, revision))
-    return RevisionUsage(revision, Usage.IN_USE if users else Usage.UNUSED, users)
 
 
 @dataclass(frozen=True)
