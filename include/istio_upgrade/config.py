@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from istio_upgrade.errors import ParamError
+from istio_upgrade.istioctl import inside
 from istio_upgrade.params import PARAM_SPECS, UpgradeParams, check_revision
 from istio_upgrade.windows import MaintenanceWindow, parse_windows
 
@@ -94,7 +95,10 @@ def check_allowed(params: UpgradeParams, allowed: AllowedTargets) -> None:
                 f"is not one the operator allows ({', '.join(sorted(listed))})",
                 f"use one of those, or ask the operator to add it to {env} on the workers",
             )
-    if params.install_overlay and not _file_inside(params.install_overlay, allowed.overlay_dir):
+    overlay = params.install_overlay
+    if overlay and not (
+        allowed.overlay_dir and os.path.isfile(overlay) and inside(overlay, [allowed.overlay_dir])
+    ):
         where = allowed.overlay_dir or f"none: {OVERLAY_DIR_ENV} is unset"
         raise ParamError(
             "install_overlay",
@@ -102,11 +106,3 @@ def check_allowed(params: UpgradeParams, allowed: AllowedTargets) -> None:
             f"is not a file in the operator's overlay folder ({where})",
             f"name a file in {OVERLAY_DIR_ENV}, or ask the operator to put the overlay there",
         )
-
-
-def _file_inside(path: str, folder: str) -> bool:
-    # realpath: neither '..' nor a link may lead out of the folder
-    real = os.path.realpath(path)
-    return (
-        bool(folder) and os.path.isfile(real) and real.startswith(os.path.realpath(folder) + os.sep)
-    )

@@ -56,7 +56,8 @@ def search_folders() -> list[str]:
     return [f for f in os.environ.get(SEARCH_PATH_ENV, DEFAULT_SEARCH_PATH).split(":") if f]
 
 
-def _inside(path: str, folders: list[str]) -> bool:
+def inside(path: str, folders: list[str]) -> bool:
+    """`path` lies in one of `folders`, after links and '..' (so neither leads out of them)."""
     real = os.path.realpath(path)
     return any(real.startswith(os.path.realpath(f) + os.sep) for f in folders)
 
@@ -79,7 +80,7 @@ def resolve(spec: str, target_revision: str) -> str:
                 "is not an executable file",
                 "give the path of an istioctl binary, or its version",
             )
-        if not _inside(path, folders):
+        if not inside(path, folders):
             raise ParamError(
                 "istioctl",
                 spec,
