@@ -94,6 +94,7 @@ class RolloutSensor(BaseOperator):
                 [r.__dict__ for r in refs],
                 deadline=began + rp.params.rollout_timeout_seconds,
                 poll_seconds=self.poll_seconds,
+                run_key=[context["ti"].dag_id, context["ti"].run_id],
             ),
             method_name="execute_complete",
         )

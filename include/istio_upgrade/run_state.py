@@ -4,15 +4,21 @@ A thousand namespace triggers of one run wait in one triggerer process; each loo
 run on its own would ask the API server a thousand times per poll. Reads here are cached for
 a moment per event loop and shared by every trigger that asks the same question, so the
 cost of waiting grows with the number of waves in flight, not with the namespaces waiting.
-The SDK calls are synchronous (they talk to the supervisor), so they run in a thread.
+The SDK calls are synchronous (they talk to the supervisor), so they run in a thread of
+their own, one at a time: a slow supervisor then holds that thread, not the event loop's
+default pool that every trigger's Kubernetes polls need. The triggerer's supervisor builds
+Airflow's in-process execution API on the first SDK call it serves (1.5 s of CPU idle, 15 s
+measured on a busy 2-core machine, answering nothing meanwhile), so triggers that wait
+before the waves `warm_up` it while the machine is quiet.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import contextlib
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -21,11 +27,20 @@ T = TypeVar("T")
 TTL_SECONDS = 1.0
 
 # One SDK call at a time: they share one channel to the supervisor anyway, and the in-process
-# channel of dag.test() is not safe for two threads at once.
-_sdk_call = threading.Lock()
+# channel of dag.test() is not safe for two threads at once. Made on first use, in the
+# process that runs the triggers.
+_sdk_thread: ThreadPoolExecutor | None = None
 
 # key -> (expiry, the read in flight or done); a future belongs to the loop that made it
 _cache: dict[tuple[Any, ...], tuple[float, asyncio.Future[Any]]] = {}
+
+
+async def _sdk(call: Callable[[], T]) -> T:
+    """Run one synchronous SDK call on the SDK thread."""
+    global _sdk_thread
+    if _sdk_thread is None:
+        _sdk_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="airflow-sdk")
+    return await asyncio.get_running_loop().run_in_executor(_sdk_thread, call)
 
 
 async def _shared(key: tuple[Any, ...], fetch: Callable[[], T]) -> T:
@@ -38,11 +53,7 @@ async def _shared(key: tuple[Any, ...], fetch: Callable[[], T]) -> T:
     for k in [k for k, (expires, _) in _cache.items() if expires <= now]:
         del _cache[k]
 
-    def locked() -> T:
-        with _sdk_call:
-            return fetch()
-
-    future: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(locked))
+    future: asyncio.Future[Any] = asyncio.ensure_future(_sdk(fetch))
     _cache[key] = (now + TTL_SECONDS, future)
     try:
         return await asyncio.shield(future)
@@ -110,7 +121,25 @@ async def push_xcom(
     from airflow.sdk.execution_time.xcom import XCom
 
     def store() -> None:
-        with _sdk_call:
-            XCom.set(key, value, dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
+        XCom.set(key, value, dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
 
-    await asyncio.to_thread(store)
+    await _sdk(store)
+
+
+# warm-ups in flight: the loop keeps only weak references to its tasks
+_warming: set[asyncio.Task[None]] = set()
+
+
+def warm_up(dag_id: str, run_id: str) -> None:
+    """Start one cheap read of the run (its task states) in the background, so this
+    triggerer's supervisor has its execution API built before the waves need it. The caller
+    does not wait for it; a failure is only a missed warm-up."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    async def read() -> None:
+        with contextlib.suppress(Exception):
+            await _sdk(lambda: RuntimeTaskInstance.get_task_states(dag_id=dag_id, run_ids=[run_id]))
+
+    task = asyncio.ensure_future(read())
+    _warming.add(task)
+    task.add_done_callback(_warming.discard)

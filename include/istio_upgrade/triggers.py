@@ -37,6 +37,8 @@ class RolloutTrigger(BaseTrigger):
 
     It carries the Airflow connection id, resolved in the triggerer (as the cncf.kubernetes
     provider's triggers do), not a worker's kubeconfig path: the triggerer may run elsewhere.
+    `run_key` ([dag_id, run_id], optional) lets it warm the triggerer up for the waves while it
+    waits (`run_state.warm_up`).
     """
 
     def __init__(
@@ -45,12 +47,14 @@ class RolloutTrigger(BaseTrigger):
         workloads: list[dict[str, str]],
         deadline: float,
         poll_seconds: float = 2.0,
+        run_key: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
         self.workloads = workloads
         self.deadline = deadline
         self.poll_seconds = poll_seconds
+        self.run_key = run_key or []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -60,6 +64,7 @@ class RolloutTrigger(BaseTrigger):
                 "workloads": self.workloads,
                 "deadline": self.deadline,
                 "poll_seconds": self.poll_seconds,
+                "run_key": self.run_key,
             },
         )
 
@@ -81,6 +86,8 @@ class RolloutTrigger(BaseTrigger):
         return None
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        if self.run_key:
+            run_state.warm_up(*self.run_key)
         while True:
             try:
                 event = await asyncio.to_thread(self._poll)
