@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -117,13 +117,75 @@ async def xcoms(
 async def push_xcom(
     key: str, value: Any, dag_id: str, run_id: str, task_id: str, map_index: int
 ) -> None:
-    """Store an XCom for a task instance from its trigger (before the trigger ends the task)."""
+    """Store an XCom for a task instance from its trigger (before the trigger ends the task),
+    then tell the triggers of this process that wait for it (`told_since`, `wait_told`)."""
     from airflow.sdk.execution_time.xcom import XCom
 
     def store() -> None:
         XCom.set(key, value, dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
 
     await _sdk(store)
+    _tell((key, dag_id, run_id, task_id, map_index), value)
+
+
+# What the triggers of this process pushed, (key, dag_id, run_id, task_id, map_index) ->
+# (time.monotonic() of the push, value): the next wave learns that the wave before ended as
+# soon as its triggers know, instead of a second or two later from the task states. Only
+# pushes made after the asking trigger started count, so an outcome of an earlier try (before
+# a clear) is never taken for the current one.
+_told: dict[tuple[Any, ...], tuple[float, Any]] = {}
+TOLD_KEEP_SECONDS = 3600.0  # older ones are read from the store like any other
+# the event a trigger waits on for one key, with the loop it belongs to
+_arrivals: dict[tuple[Any, ...], tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+
+
+def _tell(told: tuple[Any, ...], value: Any) -> None:
+    now = time.monotonic()
+    for old in [k for k, (at, _) in _told.items() if at < now - TOLD_KEEP_SECONDS]:
+        del _told[old]
+    _told[told] = (now, value)
+    waiting = _arrivals.pop(told, None)
+    if waiting is not None:
+        waiting[1].set()
+
+
+def told_since(
+    since: float, key: str, dag_id: str, run_id: str, task_id: str, map_indexes: Iterable[int]
+) -> dict[int, Any]:
+    """The XComs `key` of the given map indexes pushed by this process at or after `since`
+    (`time.monotonic()`), by map index."""
+    found: dict[int, Any] = {}
+    for index in map_indexes:
+        hit = _told.get((key, dag_id, run_id, task_id, index))
+        if hit is not None and hit[0] >= since:
+            found[index] = hit[1]
+    return found
+
+
+async def wait_told(
+    since: float,
+    key: str,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    map_indexes: Sequence[int],
+    timeout: float,
+) -> None:
+    """Wait until this process has pushed `key` for every given map index since `since`, or
+    `timeout` seconds pass, whichever comes first."""
+    loop = asyncio.get_running_loop()
+    end = time.monotonic() + timeout
+    while (left := end - time.monotonic()) > 0:
+        told = told_since(since, key, dag_id, run_id, task_id, map_indexes)
+        missing = [i for i in map_indexes if i not in told]
+        if not missing:
+            return
+        wanted = (key, dag_id, run_id, task_id, missing[0])
+        waiting = _arrivals.get(wanted)
+        if waiting is None or waiting[0] is not loop:
+            waiting = _arrivals[wanted] = (loop, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiting[1].wait(), left)
 
 
 # warm-ups in flight: the loop keeps only weak references to its tasks

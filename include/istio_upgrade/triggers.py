@@ -309,16 +309,19 @@ class NamespaceUpgradeTrigger(BaseTrigger):
             yield TriggerEvent({"status": "failed", "message": outcome.reason})
 
     async def _await_turn(self, item: waves.WaveItem) -> waves.Turn:
+        since = time.monotonic()  # outcomes told from now on are of this try's wave before
+        where = (self.dag_id, self.run_id, self.upgrade_task_id)
         while True:
             states: dict[int, str | None] = {}
             outcomes: dict[int, waves.NamespaceOutcome] = {}
             if item.wave > 0:
-                states = await run_state.task_states(self.dag_id, self.run_id, self.upgrade_task_id)
-                if waves.previous_done(item, states):
-                    found = await run_state.xcoms(
-                        "outcome", self.dag_id, self.run_id, self.upgrade_task_id, item.previous
-                    )
-                    outcomes = {i: waves.outcome_from_json(v) for i, v in found.items()}
+                states = await run_state.task_states(*where)
+                told = run_state.told_since(since, "outcome", *where, item.previous)
+                outcomes = {i: waves.outcome_from_json(v) for i, v in told.items()}
+                if waves.previous_done(item, states, outcomes):
+                    rest = [i for i in item.previous if i not in outcomes]
+                    found = await run_state.xcoms("outcome", *where, rest)
+                    outcomes |= {i: waves.outcome_from_json(v) for i, v in found.items()}
             decision = waves.turn(
                 item,
                 states,
@@ -331,9 +334,15 @@ class NamespaceUpgradeTrigger(BaseTrigger):
             if decision.call is not waves.Call.WAIT:
                 return decision
             self.log.debug("namespace=%s %s: %s", item.namespace, decision.reason, states)
-            # as often as run_state refreshes the states (shared by every waiting namespace):
-            # a wave starts up to a poll sooner at no extra request
-            await asyncio.sleep(min(self.poll_seconds, run_state.TTL_SECONDS))
+            # Woken when the wave before has told its outcomes in this triggerer; else as
+            # often as run_state refreshes the states (shared by every waiting namespace).
+            await run_state.wait_told(
+                since,
+                "outcome",
+                *where,
+                item.previous,
+                timeout=min(self.poll_seconds, run_state.TTL_SECONDS),
+            )
 
     async def _move(self, item: waves.WaveItem, turn: waves.Turn) -> waves.NamespaceOutcome:
         """Restart what is off the target, wait for every rollout, verify every pod."""

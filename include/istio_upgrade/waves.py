@@ -133,9 +133,15 @@ class Turn:
     failed: tuple[str, ...] = ()
 
 
-def previous_done(item: WaveItem, states: Mapping[int, str | None]) -> bool:
-    """Whether every task of the wave before has ended (the first wave never waits)."""
-    return all(states.get(i) in TERMINAL_STATES for i in item.previous)
+def previous_done(
+    item: WaveItem,
+    states: Mapping[int, str | None],
+    outcomes: Mapping[int, NamespaceOutcome] | None = None,
+) -> bool:
+    """Whether every namespace of the wave before has ended: its task is in a final state,
+    or its trigger has told its outcome (the first wave never waits)."""
+    told = outcomes or {}
+    return all(states.get(i) in TERMINAL_STATES or i in told for i in item.previous)
 
 
 def longest_wave(
@@ -159,13 +165,14 @@ def turn(
     canary_seconds: float | None,
     fallback_seconds: float,
 ) -> Turn:
-    """May `item` start now? Read from the wave before: its task states, then its outcomes.
+    """May `item` start now? Read from the wave before: its task states and its outcomes.
 
-    `outcomes` are those of the wave before, by map index (a failed task may have none).
+    `outcomes` are those of the wave before, by map index (a failed task may have none); an
+    outcome counts as the end of its namespace even before its task state says so.
     Failures stop every later wave; a hold is sticky; otherwise the window decides, with the
     longest wave so far as the estimate (the canary's before any wave; else the fallback).
     """
-    if item.wave > 0 and not previous_done(item, states):
+    if item.wave > 0 and not previous_done(item, states, outcomes):
         return Turn(Call.WAIT, "waiting for the wave before to finish")
     before = [outcomes[i] for i in item.previous if i in outcomes]
     failed = sorted(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -65,3 +66,54 @@ def test_warm_up_reads_the_run_and_swallows_errors(monkeypatch: pytest.MonkeyPat
 
     asyncio.run(scenario())
     assert asked == [("istio_canary_upgrade", ["manual__1"])]
+
+
+def told_pusher(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    stored: list[str] = []
+    monkeypatch.setattr(xcom.XCom, "set", staticmethod(lambda key, value, **_: stored.append(key)))
+    return stored
+
+
+def test_a_push_wakes_the_trigger_waiting_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    told_pusher(monkeypatch)
+    where = ("d", "wake", "t")
+
+    async def scenario() -> tuple[bool, dict[int, Any]]:
+        since = time.monotonic()
+        waiter = asyncio.ensure_future(
+            run_state.wait_told(since, "outcome", *where, [0, 1], timeout=60)
+        )
+        await run_state.push_xcom("outcome", "a", *where, 0)
+        await asyncio.sleep(0.05)
+        still_waiting = not waiter.done()  # one of the two is not the wave
+        await run_state.push_xcom("outcome", "b", *where, 1)
+        await asyncio.wait_for(waiter, timeout=10)  # not the 60 s timeout
+        return still_waiting, run_state.told_since(since, "outcome", *where, [0, 1, 2])
+
+    still_waiting, told = asyncio.run(scenario())
+    assert still_waiting
+    assert told == {0: "a", 1: "b"}
+
+
+def test_pushes_before_the_asker_started_are_not_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An outcome of an earlier try (before the namespace was cleared) must not end the wave.
+    told_pusher(monkeypatch)
+    where = ("d", "stale", "t")
+
+    async def scenario() -> tuple[dict[int, Any], dict[int, Any]]:
+        await run_state.push_xcom("outcome", "earlier try", *where, 0)
+        since = time.monotonic()
+        before = run_state.told_since(since, "outcome", *where, [0])
+        await run_state.push_xcom("outcome", "this try", *where, 0)
+        return before, run_state.told_since(since, "outcome", *where, [0])
+
+    before, after = asyncio.run(scenario())
+    assert before == {}
+    assert after == {0: "this try"}
+
+
+def test_waiting_for_nothing_told_times_out() -> None:
+    async def scenario() -> None:
+        await run_state.wait_told(time.monotonic(), "outcome", "d", "none", "t", [0], timeout=0.1)
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))
