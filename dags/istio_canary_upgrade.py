@@ -90,6 +90,8 @@ from istio_upgrade.deadline import WavesPaused, WindowClosed
 from istio_upgrade.errors import NothingToDo, OldRevisionKept
 from istio_upgrade.operators import (
     CanaryApproval,
+    CanaryUpgrade,
+    GatewayUpgrade,
     MetricGateSensor,
     NamespaceUpgrade,
     RolloutSensor,
@@ -130,12 +132,8 @@ STEPS = (
     "install_revision",
     "wait_control_plane",
     "move_tag",
-    "restart_gateways",
-    "wait_gateways",
-    "verify_gateways",
-    "restart_canary",
-    "wait_canary",
-    "verify_canary",
+    "upgrade_gateways",
+    "upgrade_canary",
     "metric_gate",
     "remaining_namespaces",
     "check_old_unused",
@@ -239,28 +237,8 @@ def istio_canary_upgrade() -> None:
         return tasks.move_tag(resolved, _run_id())
 
     @task(**API_RETRY)
-    @timed
-    def restart_gateways(resolved: dict[str, Any]) -> list[dict[str, str]]:
-        return tasks.restart_gateways(resolved, _run_id())
-
-    @task(**VERDICT_RETRY)
-    @timed
-    def verify_gateways(resolved: dict[str, Any]) -> dict[str, Any]:
-        return tasks.verify_gateways(resolved)
-
-    @task(**API_RETRY)
     def measure_baseline(resolved: dict[str, Any]) -> list[dict[str, Any]]:
         return tasks.measure_baseline(resolved)
-
-    @task(multiple_outputs=True, **API_RETRY)
-    @timed
-    def restart_canary(resolved: dict[str, Any]) -> dict[str, Any]:
-        return tasks.restart_namespaces(resolved, _run_id())
-
-    @task(**VERDICT_RETRY)
-    @timed
-    def verify_canary(resolved: dict[str, Any], restart: dict[str, Any]) -> dict[str, Any]:
-        return tasks.verify_namespaces(resolved, restart=restart)
 
     @task.branch(trigger_rule=TriggerRule.ALL_DONE, **VERDICT_RETRY)
     def decide(
@@ -389,19 +367,13 @@ def istio_canary_upgrade() -> None:
     pre = precheck(resolved)
     mode >> [show_plan(resolved), pre]
 
-    gateways = restart_gateways(resolved)
-    gateways_done = RolloutSensor(
-        task_id="wait_gateways", workloads=gateways, resolved=resolved, **DEFERRED_VERDICT_RETRY
+    # Restart, rollout wait (in the triggerer) and verification are one task each.
+    gateways = GatewayUpgrade(
+        task_id="upgrade_gateways", resolved=resolved, **DEFERRED_VERDICT_RETRY
     )
+    canary = CanaryUpgrade(task_id="upgrade_canary", resolved=resolved, **DEFERRED_VERDICT_RETRY)
+    # The canary's figures before anything changes, taken while the new revision installs.
     baseline = measure_baseline(resolved)
-    canary = restart_canary(resolved)
-    canary_done = RolloutSensor(
-        task_id="wait_canary",
-        workloads=canary["workloads"],
-        resolved=resolved,
-        **DEFERRED_VERDICT_RETRY,
-    )
-    canary_ok = verify_canary(resolved, canary)
     gate = MetricGateSensor(
         task_id="metric_gate", resolved=resolved, baseline=baseline, **DEFERRED_VERDICT_RETRY
     )
@@ -414,15 +386,11 @@ def istio_canary_upgrade() -> None:
         >> wait_control_plane(resolved)
         >> move_tag(resolved)
         >> gateways
-        >> gateways_done
-        >> verify_gateways(resolved)
-        >> baseline
         >> canary
-        >> canary_done
-        >> canary_ok
         >> gate
         >> approve
     )
+    pre >> baseline >> canary
     branch = decide(resolved, gate.output, approve.output)
 
     remaining = remaining_namespaces(resolved)
@@ -431,7 +399,7 @@ def istio_canary_upgrade() -> None:
     upgraded = NamespaceUpgrade.partial(
         task_id="upgrade_namespace",
         resolved=resolved,
-        canary=canary_ok,
+        canary=canary.output,
         map_index_template="{{ task.item['namespace'] }}",
         **DEFERRED_API_RETRY,
     ).expand(item=remaining)

@@ -59,29 +59,46 @@ def failed_tasks(context: Context, among: Collection[str] | None = None) -> list
 
 
 class RolloutSensor(BaseOperator):
-    """Waits until the given workloads have rolled out; fails fast on a progress deadline."""
+    """Waits until the given workloads have rolled out; fails fast on a progress deadline.
 
-    template_fields = ("workloads", "resolved")
+    Subclasses restart the workloads first (`start`) and verify them after (`arrived`), so a
+    restart, its wait and its verification are one task: one worker start before the wait
+    and one after it, instead of three tasks in a row.
+    """
+
+    template_fields: tuple[str, ...] = ("workloads", "resolved")
     ui_color = "#e6f1f2"
 
     def __init__(
-        self, *, workloads: Any, resolved: Any, poll_seconds: float = 2.0, **kwargs: Any
+        self, *, resolved: Any, workloads: Any = None, poll_seconds: float = 2.0, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.workloads = workloads
         self.resolved = resolved
         self.poll_seconds = poll_seconds
 
-    def execute(self, context: Context) -> str:
+    def start(self, context: Context) -> list[dict[str, str]]:
+        """The workloads to wait for (here: as given)."""
+        return list(self.workloads or [])
+
+    def arrived(self, context: Context, message: str) -> Any:
+        """Every workload rolled out: the task's result."""
+        self.log.info("rollout complete: %s", message)
+        record_timing(context)
+        return message
+
+    def waited_for(self, context: Context) -> str:
+        """What the task waits for, to name in a failure."""
+        return ", ".join(f"{w['kind']}/{w['namespace']}/{w['name']}" for w in self.workloads)
+
+    def execute(self, context: Context) -> Any:
         rp = ResolvedParams.from_dict(self.resolved)
-        target = kube_target(rp.params.kubernetes_conn_id)
-        refs = [WorkloadRef(**w) for w in self.workloads or []]
-        kube = cluster.connect(target)
+        refs = [WorkloadRef(**w) for w in self.start(context)]
+        kube = cluster.connect(kube_target(rp.params.kubernetes_conn_id))
         states = cluster.rollout_states(kube, refs)
         # Already done (a retry, a re-run, or nothing to restart): no need to defer at all.
         if all(s.complete for s in states):
-            record_timing(context)
-            return f"{len(refs)} workloads rolled out"
+            return self.arrived(context, f"{len(refs)} workloads rolled out")
         # The deadline counts from this run's restart, so a retry of this task does not
         # extend it (a restart before the run started belongs to another run).
         run_started = context["dag_run"].start_date
@@ -100,16 +117,61 @@ class RolloutSensor(BaseOperator):
         )
         raise AssertionError("defer() returned")  # pragma: no cover - defer always raises
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         if event["status"] != "success":
             raise RolloutFailed(
-                ", ".join(f"{w['kind']}/{w['namespace']}/{w['name']}" for w in self.workloads),
+                self.waited_for(context),
                 event["message"],
                 "inspect the workloads (kubectl rollout status), fix and clear this task",
             )
-        self.log.info("rollout complete: %s", event["message"])
+        return self.arrived(context, str(event["message"]))
+
+
+class GatewayUpgrade(RolloutSensor):
+    """Restarts the gateways onto the target, waits for their rollout in the triggerer, then
+    checks that every gateway pod runs the target (the result: the verification)."""
+
+    template_fields = ("resolved",)
+
+    def start(self, context: Context) -> list[dict[str, str]]:
+        return tasks.restart_gateways(self.resolved, str(context["run_id"]))
+
+    def waited_for(self, context: Context) -> str:
+        rp = ResolvedParams.from_dict(self.resolved)
+        return ", ".join(f"{g.kind}/{g.namespace}/{g.name}" for g in rp.params.gateway_refs)
+
+    def arrived(self, context: Context, message: str) -> Any:
+        self.log.info("rollout complete: %s", message)
+        verified = tasks.verify_gateways(self.resolved)
         record_timing(context)
-        return str(event["message"])
+        return verified
+
+
+class CanaryUpgrade(RolloutSensor):
+    """Restarts the canary namespaces, waits for their rollout in the triggerer, then checks
+    every pod (the result: the verification, with the span the waves are estimated by).
+
+    The restart's record is kept in the task's XCom `restart`, which a deferral keeps, so the
+    span starts at the restart even when the check comes back in another process.
+    """
+
+    template_fields = ("resolved",)
+
+    def start(self, context: Context) -> list[dict[str, str]]:
+        restart = tasks.restart_namespaces(self.resolved, str(context["run_id"]))
+        context["ti"].xcom_push("restart", restart)
+        return list(restart["workloads"])
+
+    def waited_for(self, context: Context) -> str:
+        return "the canary namespaces " + ", ".join(ResolvedParams.from_dict(self.resolved).canary)
+
+    def arrived(self, context: Context, message: str) -> Any:
+        self.log.info("rollout complete: %s", message)
+        ti = context["ti"]
+        restart = ti.xcom_pull(task_ids=self.task_id, key="restart", map_indexes=ti.map_index)
+        verified = tasks.verify_namespaces(self.resolved, restart=restart)
+        record_timing(context)
+        return verified
 
 
 class MetricGateSensor(BaseOperator):

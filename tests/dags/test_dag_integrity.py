@@ -54,12 +54,8 @@ def test_main_flow_reads_like_the_procedure(dagbag) -> None:  # type: ignore[no-
         "install_revision",
         "wait_control_plane",
         "move_tag",
-        "restart_gateways",
-        "wait_gateways",
-        "verify_gateways",
-        "restart_canary",
-        "wait_canary",
-        "verify_canary",
+        "upgrade_gateways",
+        "upgrade_canary",
         "metric_gate",
         "approve_canary",
         "decide",
@@ -68,6 +64,10 @@ def test_main_flow_reads_like_the_procedure(dagbag) -> None:  # type: ignore[no-
         assert before in dag.get_task(after).get_flat_relative_ids(upstream=True), (
             f"{before} must run before {after}"
         )
+    # the canary's own figures are taken before anything in the data plane changes
+    baseline_after = dag.get_task("measure_baseline").get_flat_relative_ids(upstream=True)
+    assert "move_tag" not in baseline_after and "install_revision" not in baseline_after
+    assert "measure_baseline" in dag.get_task("upgrade_canary").upstream_task_ids
     branches = dag.get_task("decide").downstream_task_ids
     assert branches == {"remaining_namespaces", "rollback.move_tag_back"}
 
@@ -109,10 +109,8 @@ def test_a_bad_window_is_an_import_error_naming_the_setting(
 VERDICTS = (
     "choose_mode",
     "precheck",
-    "verify_gateways",
-    "wait_gateways",
-    "wait_canary",
-    "verify_canary",
+    "upgrade_gateways",
+    "upgrade_canary",
     "metric_gate",
     "approve_canary",
     "decide",
@@ -149,8 +147,8 @@ def test_retries_follow_what_a_task_does(dagbag) -> None:  # type: ignore[no-unt
 # Deferring tasks wait in the triggerer, where execution_timeout would count too: their
 # triggers carry the deadlines (rollout, bake, approval; a namespace waits for earlier waves).
 DEFERRING = (
-    "wait_gateways",
-    "wait_canary",
+    "upgrade_gateways",
+    "upgrade_canary",
     "metric_gate",
     "approve_canary",
     "upgrade_namespace",

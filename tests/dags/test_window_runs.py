@@ -44,7 +44,7 @@ def test_short_window_pauses_valid_and_the_next_run_finishes(
     def approve_late_in_the_window() -> None:
         ti = wait_for_task("approve_canary", "awaiting_input")
         end = datetime.fromisoformat(rest_api.xcom(ti.run_id, "validate")["window_end"])
-        span = rest_api.xcom(ti.run_id, "verify_canary")["span"]
+        span = rest_api.xcom(ti.run_id, "upgrade_canary")["span"]
         canary_seconds = span["finished"] - span["started"]
         # room for one wave like the canary's and a half: the next one will not fit
         answer_at = end.timestamp() - ANSWER_TO_FIRST_CALL_SECONDS - 1.5 * canary_seconds
