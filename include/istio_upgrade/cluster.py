@@ -4,6 +4,7 @@ rollout status and which revision each proxy really runs. The only module that t
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -420,8 +421,25 @@ def _deadline_exceeded(cond: Any, since: float | None) -> bool:
     return since is None or updated is None or updated.timestamp() >= since - 1
 
 
-def rollout_state(obj: Any, since: float | None = None) -> RolloutState:
-    """`kubectl rollout status` semantics for a Deployment, StatefulSet or DaemonSet object.
+# How long a Deployment may fail to create pods before its rollout counts as failed: the
+# controllers retry a refused pod (a webhook that timed out once, a quota freed a moment
+# later), but an injector that is down or a quota that is full refuses every retry, and the
+# progress deadline (10 min by default) would report it far later.
+CREATE_FAILURE_GRACE_SECONDS = 30.0
+
+
+def _create_failure(cond: Any, since: float | None, now: float) -> float | None:
+    """How long the Deployment has failed to create pods (its ReplicaFailure condition,
+    counted from `since` at the earliest, so a fix made before a retry has its grace)."""
+    if cond.type != "ReplicaFailure" or cond.status != "True":
+        return None
+    began = cond.last_transition_time.timestamp() if cond.last_transition_time else now
+    return now - max(began, since if since is not None else began)
+
+
+def rollout_state(obj: Any, since: float | None = None, now: float | None = None) -> RolloutState:
+    """`kubectl rollout status` semantics for a Deployment, StatefulSet or DaemonSet object,
+    and a Deployment that cannot create pods for `CREATE_FAILURE_GRACE_SECONDS` fails.
 
     With `since`, a progress deadline exceeded before then does not count as failed (see
     `_deadline_exceeded`): a namespace retried after a fix waits for its rollout again.
@@ -435,6 +453,11 @@ def rollout_state(obj: Any, since: float | None = None) -> RolloutState:
         for cond in st.conditions or []:
             if _deadline_exceeded(cond, since):
                 return RolloutState(False, True, f"{name}: exceeded its progress deadline")
+            failing = _create_failure(cond, since, time.time() if now is None else now)
+            if failing is not None and failing >= CREATE_FAILURE_GRACE_SECONDS:
+                return RolloutState(
+                    False, True, f"{name}: cannot create pods ({failing:.0f}s): {cond.message}"
+                )
         want, updated = spec.replicas if spec.replicas is not None else 1, st.updated_replicas or 0
         if updated < want:
             return RolloutState(False, False, f"{name}: {updated} of {want} updated")

@@ -1,0 +1,89 @@
+"""A rollout whose pods are refused is reported failed from the Deployment's own condition.
+
+The sandbox's real kube-controller-manager sets ReplicaFailure/FailedCreate on the new
+ReplicaSet and copies it onto the Deployment when the apiserver refuses its pods (here a
+ResourceQuota; an unreachable injector webhook with failurePolicy Fail is refused the same
+way), so the rollout fails after a short grace instead of at the progress deadline (600 s).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sandbox_fixture import Sandbox
+
+from istio_upgrade import cluster
+from istio_upgrade.model import WorkloadRef
+
+NS = "it-create-failure"
+
+
+@pytest.fixture
+def kube(sandbox: Sandbox) -> Iterator[cluster.Kube]:
+    kube = cluster.connect(cluster.KubeTarget(kubeconfig=sandbox.kubeconfig))
+    sandbox.kubectl("create", "namespace", NS)
+    try:
+        yield kube
+    finally:
+        sandbox.kubectl("delete", "namespace", NS, "--wait=false")
+
+
+def deployment() -> dict[str, Any]:
+    labels = {"app": "web"}
+    return {
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+            },
+        },
+    }
+
+
+def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
+    end = time.time() + timeout
+    while time.time() < end:
+        if found := check():
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_refused_pod_fails_the_rollout_after_the_grace(kube: cluster.Kube) -> None:
+    ref = WorkloadRef("Deployment", NS, "web")
+    kube.apps.create_namespaced_deployment(NS, deployment())
+    wait_for("the first rollout", lambda: cluster.rollout_states(kube, [ref])[0].complete)
+    # room for the one pod it has, none for the surge pod its restart needs
+    kube.core.create_namespaced_resource_quota(
+        NS, {"metadata": {"name": "one-pod"}, "spec": {"hard": {"pods": "1"}}}
+    )
+    wait_for(
+        "the quota to count the pod",
+        lambda: (
+            (kube.core.read_namespaced_resource_quota("one-pod", NS).status.used or {}).get("pods")
+            == "1"
+        ),
+    )
+    cluster.stamp_restart(kube, ref, "it-run")
+
+    def refused() -> Any:
+        obj = kube.apps.read_namespaced_deployment("web", NS)
+        conds = [c for c in obj.status.conditions or [] if c.type == "ReplicaFailure"]
+        return (obj, conds[0]) if conds and conds[0].status == "True" else None
+
+    obj, cond = wait_for("the controller to report the refused pod", refused)
+    began = cond.last_transition_time.timestamp()
+
+    soon = cluster.rollout_state(obj, now=began + 1)
+    assert not soon.failed and not soon.complete, soon.message
+    later = cluster.rollout_state(obj, now=began + cluster.CREATE_FAILURE_GRACE_SECONDS + 1)
+    assert later.failed, later.message
+    assert "exceeded quota" in later.message and "Deployment/it-create-failure/web" in (
+        later.message
+    )
