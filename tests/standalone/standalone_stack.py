@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,9 @@ class Stack:
     box: dict[str, str]
     progress: io.StringIO
     airflow_home: Path  # task and trigger logs, airflow.db (XComs), airflow.cfg
+    # Airflow processes a test started beside standalone's (a second triggerer), stopped with
+    # the stack
+    extra_pids: list[int] = field(default_factory=list)
 
     def start(self, **params: Any) -> str:
         """Trigger a run with the fast params and `params` on top; returns its run id."""
@@ -122,12 +125,16 @@ def stack() -> Iterator[Stack]:
     env = {**os.environ, **OWN_PORTS, "SANDBOX_HOME": str(home / "sandbox")}
     env.pop("SANDBOX_PROMETHEUS_URL", None)
     own = demo.Demo(home=home, port=OWN_AIRFLOW_PORT)
+    stack: Stack | None = None
     t0 = time.monotonic()
     try:
         up = demo.bring_up(own, env, extra_namespaces=EXTRA_NAMESPACES)
         print(f"\n[standalone] stack up in {time.monotonic() - t0:.0f}s")
-        yield Stack(own.url, own.password(), up.api(), up.box, io.StringIO(), own.airflow_home)
+        stack = Stack(own.url, own.password(), up.api(), up.box, io.StringIO(), own.airflow_home)
+        yield stack
     finally:
+        for pid in stack.extra_pids if stack else []:
+            demo.stop_group(pid, demo.AIRFLOW_STOP_GRACE)
         if own.log.exists():
             OUT.mkdir(parents=True, exist_ok=True)
             shutil.copy(own.log, OUT / "airflow.log")
