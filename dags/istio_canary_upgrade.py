@@ -208,17 +208,19 @@ def istio_canary_upgrade() -> None:
             # its window: skip cleanly, do not fail.
             raise AirflowSkipException(str(done)) from done
 
-    @task.branch(**VERDICT_RETRY)
-    def choose_mode(resolved: dict[str, Any]) -> str:
-        return "show_plan" if resolved["params"]["dry_run"] else "precheck"
-
+    # show_plan and precheck both follow validate and each skips itself in the other's mode
+    # (a branch between would be one more task in a row).
     @task(**API_RETRY)
     def show_plan(resolved: dict[str, Any]) -> str:
+        if not resolved["params"]["dry_run"]:
+            raise AirflowSkipException("not a dry run: the upgrade runs")
         return tasks.show_plan(resolved)
 
     @task(**VERDICT_RETRY)
     @timed
     def precheck(resolved: dict[str, Any]) -> dict[str, Any]:
+        if resolved["params"]["dry_run"]:
+            raise AirflowSkipException("dry run: show_plan prints the plan, nothing changes")
         return tasks.precheck(resolved, _run_id())
 
     @task(**ISTIOCTL_RETRY)
@@ -363,9 +365,8 @@ def istio_canary_upgrade() -> None:
             raise AirflowSkipException(str(paused)) from paused
 
     resolved = validate()
-    mode = choose_mode(resolved)
     pre = precheck(resolved)
-    mode >> [show_plan(resolved), pre]
+    show_plan(resolved)
 
     # Restart, rollout wait (in the triggerer) and verification are one task each.
     gateways = GatewayUpgrade(

@@ -70,7 +70,7 @@ class RolloutSensor(BaseOperator):
     ui_color = "#e6f1f2"
 
     def __init__(
-        self, *, resolved: Any, workloads: Any = None, poll_seconds: float = 2.0, **kwargs: Any
+        self, *, resolved: Any, workloads: Any = None, poll_seconds: float = 1.0, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.workloads = workloads

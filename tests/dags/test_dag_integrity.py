@@ -107,7 +107,6 @@ def test_a_bad_window_is_an_import_error_naming_the_setting(
 # Retries by what a task does. Verdicts: what they find fails at once (a retry would hide
 # it), anything else (an API hiccup, Airflow failing the try spuriously) gets one more try.
 VERDICTS = (
-    "choose_mode",
     "precheck",
     "upgrade_gateways",
     "upgrade_canary",
