@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from istio_upgrade import progress
+from istio_upgrade.istioctl import install_args, precheck_args, tag_set_args, uninstall_args
 from istio_upgrade.model import MeshSnapshot, NamespaceState, WorkloadRef, revision_version
 from istio_upgrade.params import ResolvedParams
 
@@ -163,21 +164,24 @@ def _steps(
     done: list[str] = []
     cmd: list[str] = []
     istioctl = params.istioctl if params.istioctl and not params.istioctl_version else "istioctl"
-    cmd.append(shlex.join([istioctl, "x", "precheck"]))  # cheap and read-only: always again
+
+    def run(args: Sequence[str]) -> str:
+        """The command line the run executes (the same argument builders)."""
+        return shlex.join([istioctl, *args])
+
+    cmd.append(run(precheck_args()))  # cheap and read-only: always again
     installed = snapshot.control_plane(target)
     if installed is not None and installed.ready:
         done.append(f"control plane istiod-{target} is installed and ready")
     else:
-        overlay = ["-f", params.install_overlay] if params.install_overlay else []
-        cmd.append(shlex.join([istioctl, "install", "-y", "--set", f"revision={target}", *overlay]))
+        overlay = params.install_overlay or None
+        cmd.append(run(install_args(target, params.install_profile, overlay)))
     found = snapshot.tag(tag)
     tag_moved = found is not None and found.revision == target
     if tag_moved:
         done.append(f"tag {tag} points at {target}")
     else:
-        cmd.append(
-            shlex.join([istioctl, "tag", "set", tag, "--revision", target, "--overwrite", "-y"])
-        )
+        cmd.append(run(tag_set_args(tag, target)))
     for gateway, ref in zip(params.gateways, params.gateway_refs, strict=True):
         ns = snapshot.namespace(ref.namespace)
         # before the tag moves, a gateway "on target" can only be a coincidence: restart anyway
@@ -191,7 +195,7 @@ def _steps(
             cmd.append(_restart_command(ref.namespace, (ref,)))
     cmd += [_restart_command(p.name, p.workloads) for p in restarts if p.needs_restart]
     if snapshot.control_plane(current) is not None:
-        cmd.append(shlex.join([istioctl, "uninstall", "--revision", current, "-y"]))
+        cmd.append(run(uninstall_args(current)))
     else:
         done.append(f"control plane istiod-{current} is removed")
     return tuple(done), tuple(cmd)
@@ -290,7 +294,7 @@ def render_plan(plan: UpgradePlan) -> str:
     section(
         "Rollback (if the gate fails)",
         [
-            f"istioctl tag set {plan.tag} --revision {plan.current_revision} --overwrite -y",
+            shlex.join(["istioctl", *tag_set_args(plan.tag, plan.current_revision)]),
             "then restart the gateways and namespaces already moved, back onto "
             f"{plan.current_revision}",
         ],

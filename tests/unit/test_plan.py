@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import replace
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from istio_upgrade.deadline import WavesPaused
 from istio_upgrade.errors import UpgradeError
+from istio_upgrade.istioctl import install_args, precheck_args, tag_set_args, uninstall_args
 from istio_upgrade.model import (
     ControlPlane,
     MeshSnapshot,
@@ -119,7 +121,7 @@ def test_worked_example_plan() -> None:
     assert plan.skipped == () and plan.done == () and plan.warnings == ()
     assert plan.commands == (
         "istioctl x precheck",
-        f"istioctl install -y --set revision={NEW}",
+        f"istioctl install -y --set revision={NEW} --set profile=minimal --readiness-timeout 300s",
         f"istioctl tag set default --revision {NEW} --overwrite -y",
         "kubectl rollout restart deployment/istio-ingressgateway -n istio-ingress",
         "kubectl rollout restart deployment/bar -n bar",
@@ -172,8 +174,24 @@ def test_resumed_run_plans_only_the_difference() -> None:
 def test_commands_use_the_given_istioctl_and_overlay() -> None:
     plan = plan_for(EXAMPLE, istioctl="/opt/istio 1.15/istioctl", install_overlay="/etc/o.yaml")
     assert plan.commands[1] == (
-        f"'/opt/istio 1.15/istioctl' install -y --set revision={NEW} -f /etc/o.yaml"
+        f"'/opt/istio 1.15/istioctl' install -y --set revision={NEW} --set profile=minimal "
+        "--readiness-timeout 300s -f /etc/o.yaml"
     )
+
+
+def test_the_plan_prints_the_commands_the_run_executes() -> None:
+    plan = plan_for(EXAMPLE)
+    run = [
+        shlex.join(["istioctl", *args])
+        for args in (
+            precheck_args(),
+            install_args(NEW, "minimal"),
+            tag_set_args("default", NEW),
+            uninstall_args(OLD),
+        )
+    ]
+    istioctl_lines = [c for c in plan.commands if c.startswith("istioctl ")]
+    assert istioctl_lines == run
 
 
 def test_warnings_name_what_keeps_the_old_revision_in_use() -> None:
@@ -228,7 +246,7 @@ Waves (after the gate passes):
 
 Commands (-y always: without a terminal istioctl takes silence as 'no'):
   istioctl x precheck
-  istioctl install -y --set revision={NEW}
+  istioctl install -y --set revision={NEW} --set profile=minimal --readiness-timeout 300s
   istioctl tag set default --revision {NEW} --overwrite -y
   kubectl rollout restart deployment/istio-ingressgateway -n istio-ingress
   kubectl rollout restart deployment/bar -n bar
