@@ -229,19 +229,54 @@ def test_dag_api_calls_are_found() -> None:
             ("apps", "daemonsets", "patch")} <= dag_api_calls()  # fmt: skip
 
 
+DAG_ROLE = "istio-canary-upgrade-dag"
+AIRFLOW_ACCOUNT = "istio-canary-upgrade-airflow"
+# What the DAG reads only in istio-system (istiod's Service, the pods' ServiceAccount).
+ISTIO_SYSTEM_ONLY = {("", "services"), ("", "serviceaccounts")}
+
+
 @pytest.mark.parametrize(("group", "resource", "verb"), [
     pytest.param(*call, id=f"{call[2]}-{call[1]}") for call in sorted(dag_api_calls())
 ])  # fmt: skip
-def test_cluster_role_allows_every_dag_call(group: str, resource: str, verb: str) -> None:
-    # The DAG reads and restarts in every namespace: only the ClusterRole counts, except for
-    # the runner's pods in istio-system.
+def test_dag_roles_allow_every_dag_call(group: str, resource: str, verb: str) -> None:
+    # The DAG reads and restarts in every namespace: its ClusterRole counts, except for what
+    # it touches in istio-system only (its Role) and the runner's pods there.
     objs = _rbac()
-    rules = list(objs[("ClusterRole", SERVICE_ACCOUNT)]["rules"])
-    if (group, resource) in RUNNER_RESOURCES:
-        runner = objs[("Role", RUNNER_ROLE)]
-        assert runner["metadata"]["namespace"] == NAMESPACE
-        rules += runner["rules"]
+    rules = list(objs[("ClusterRole", DAG_ROLE)]["rules"])
+    for role, limited in ((RUNNER_ROLE, RUNNER_RESOURCES), (DAG_ROLE, ISTIO_SYSTEM_ONLY)):
+        if (group, resource) in limited:
+            assert objs[("Role", role)]["metadata"]["namespace"] == NAMESPACE
+            rules += objs[("Role", role)]["rules"]
     assert allows(rules, group, resource, verb), f"rbac.yaml: no {verb} on {group}/{resource}"
+
+
+def _bound_to(account: str) -> list[dict[str, Any]]:
+    """The roles rbac.yaml binds to a ServiceAccount of istio-system."""
+    objs = _rbac()
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    return [
+        objs[(b["roleRef"]["kind"], b["roleRef"]["name"])]
+        for (kind, _), b in objs.items()
+        if kind in ("ClusterRoleBinding", "RoleBinding") and subject in b["subjects"]
+    ]
+
+
+def test_the_airflow_identity_of_the_pod_runner_can_grant_nothing() -> None:
+    roles = _bound_to(AIRFLOW_ACCOUNT)
+    assert {r["metadata"]["name"] for r in roles} == {DAG_ROLE, RUNNER_ROLE}
+    for role in roles:
+        for rule in role["rules"]:
+            assert not {"escalate", "bind", "impersonate", "*"} & set(rule["verbs"]), rule
+            assert "*" not in rule["resources"], rule
+        if role["kind"] == "ClusterRole":  # cluster-wide: reads, and restarts of workloads
+            writes = {v for r in role["rules"] for v in r["verbs"]} - {"get", "list", "watch"}
+            assert writes == {"patch"}, writes
+
+
+def test_istioctls_account_also_holds_the_dags_roles() -> None:
+    # With the local runner the connection is istioctl's identity: it needs both.
+    names = {r["metadata"]["name"] for r in _bound_to(SERVICE_ACCOUNT)}
+    assert {SERVICE_ACCOUNT, DAG_ROLE} <= names and RUNNER_ROLE not in names
 
 
 @pytest.mark.parametrize(("role", "group", "resource", "verb"), [
