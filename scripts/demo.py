@@ -205,6 +205,21 @@ def api_healthy(url: str) -> bool:
         return False
 
 
+def spawn_airflow(command: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`airflow <command>` in the background, in its own process group (stopping the group
+    ends every component it starts), its output appended to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [str(Path(sys.executable).with_name("airflow")), command],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+        )
+
+
 def start_airflow(demo: Demo, env: dict[str, str], timeout: float = 240.0) -> int:
     """Start `airflow standalone` in its own process group unless the demo's one runs."""
     state = State.load(demo)
@@ -217,16 +232,7 @@ def start_airflow(demo: Demo, env: dict[str, str], timeout: float = 240.0) -> in
         )
     demo.airflow_home.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    with open(demo.log, "ab") as log:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("airflow")), "standalone"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO,
-            env=env,
-            start_new_session=True,  # one process group: stop() ends all its components
-        )
+    proc = spawn_airflow("standalone", env, demo.log)
     say(f"airflow: starting standalone (pid {proc.pid}), log {demo.log}")
     deadline = time.monotonic() + timeout
     while not api_healthy(demo.url):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from plain_deployment import plain_deployment
 from sandbox_fixture import Sandbox
 
 from istio_upgrade import cluster, triggers
@@ -40,25 +41,11 @@ def layout_of(sandbox: Sandbox) -> Layout:
     return Layout(home=Path(sandbox.env["SANDBOX_HOME"]), cache=default_layout().cache)
 
 
-def deployment() -> dict[str, Any]:
-    labels = {"app": "web"}
-    return {
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 1,
-            "minReadySeconds": MIN_READY_SECONDS,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "web", "image": "web:1"}]},
-            },
-        },
-    }
-
-
 def test_a_rollout_wait_outlives_an_apiserver_restart(sandbox: Sandbox, kube: cluster.Kube) -> None:
     ref = WorkloadRef("Deployment", NS, "web")
-    kube.apps.create_namespaced_deployment(NS, deployment())
+    kube.apps.create_namespaced_deployment(
+        NS, plain_deployment(min_ready_seconds=MIN_READY_SECONDS)
+    )
     end = time.time() + 120
     while not cluster.rollout_states(kube, [ref])[0].complete:
         assert time.time() < end, "the first rollout did not complete"

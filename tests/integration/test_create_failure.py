@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from plain_deployment import plain_deployment
 from sandbox_fixture import Sandbox
 
 from istio_upgrade import cluster
@@ -31,21 +32,6 @@ def kube(sandbox: Sandbox) -> Iterator[cluster.Kube]:
         sandbox.kubectl("delete", "namespace", NS, "--wait=false")
 
 
-def deployment() -> dict[str, Any]:
-    labels = {"app": "web"}
-    return {
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "web", "image": "web:1"}]},
-            },
-        },
-    }
-
-
 def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
     end = time.time() + timeout
     while time.time() < end:
@@ -57,7 +43,7 @@ def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
 
 def test_a_refused_pod_fails_the_rollout_after_the_grace(kube: cluster.Kube) -> None:
     ref = WorkloadRef("Deployment", NS, "web")
-    kube.apps.create_namespaced_deployment(NS, deployment())
+    kube.apps.create_namespaced_deployment(NS, plain_deployment())
     wait_for("the first rollout", lambda: cluster.rollout_states(kube, [ref])[0].complete)
     # room for the one pod it has, none for the surge pod its restart needs
     kube.core.create_namespaced_resource_quota(

@@ -13,8 +13,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,16 +77,7 @@ def test_a_killed_triggerer_hands_the_gate_on_with_its_checks(stack: Stack) -> N
     kill_triggerer(stack)
     own = demo.Demo(home=stack.airflow_home.parent, port=OWN_AIRFLOW_PORT)
     env = demo.airflow_env(own, stack.box, dict(os.environ))
-    log = open(own.home / "triggerer-2.log", "ab")  # noqa: SIM115
-    second = subprocess.Popen(
-        [str(Path(sys.executable).with_name("airflow")), "triggerer"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    log.close()  # the child has its own copy
+    second = demo.spawn_airflow("triggerer", env, own.home / "triggerer-2.log")
     stack.extra_pids.append(second.pid)  # the stack's triggerer from now on
     state = stack.finished(run_id)
     logs = gate_trigger_logs(stack, run_id)
