@@ -159,11 +159,21 @@ def timed(fn: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         out = fn(*args, **kwargs)
-        # A sensor's poke that returns False waits on: only its final poke has a duration.
-        still_waiting = fn.__name__.startswith("wait") and out is False
-        if not still_waiting:
-            record_timing(get_current_context())
+        record_timing(get_current_context())
         return out
+
+    return wrapper
+
+
+def timed_poke(fn: Callable[..., bool]) -> Callable[..., bool]:
+    """`timed` for a sensor's poke: only the poke that ends the wait has a duration."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> bool:
+        done = fn(*args, **kwargs)
+        if done:
+            record_timing(get_current_context())
+        return done
 
     return wrapper
 
@@ -229,7 +239,7 @@ def istio_canary_upgrade() -> None:
         return tasks.install(resolved, _run_id())
 
     @task.sensor(**WAIT, **API_RETRY)
-    @timed
+    @timed_poke
     def wait_control_plane(resolved: dict[str, Any]) -> bool:
         return tasks.control_plane_ready(resolved)
 
@@ -291,7 +301,7 @@ def istio_canary_upgrade() -> None:
             raise AirflowSkipException(str(paused)) from paused
 
     @task.sensor(**WAIT, **API_RETRY)
-    @timed
+    @timed_poke
     def wait_old_removed(resolved: dict[str, Any]) -> bool:
         return tasks.old_removed(resolved)
 
