@@ -61,7 +61,7 @@ def failed_tasks(context: Context, among: Collection[str] | None = None) -> list
 class RolloutSensor(BaseOperator):
     """Waits until the given workloads have rolled out; fails fast on a progress deadline.
 
-    Subclasses restart the workloads first (`start`) and verify them after (`arrived`), so a
+    Subclasses restart the workloads first (`start`) and verify them after (`verify`), so a
     restart, its wait and its verification are one task: one worker start before the wait
     and one after it, instead of three tasks in a row.
     """
@@ -81,11 +81,15 @@ class RolloutSensor(BaseOperator):
         """The workloads to wait for (here: as given)."""
         return list(self.workloads or [])
 
-    def arrived(self, context: Context, message: str) -> Any:
-        """Every workload rolled out: the task's result."""
-        self.log.info("rollout complete: %s", message)
-        record_timing(context)
+    def verify(self, context: Context, message: str) -> Any:
+        """The task's result once every workload rolled out (here: the rollout's message)."""
         return message
+
+    def _arrived(self, context: Context, message: str) -> Any:
+        self.log.info("rollout complete: %s", message)
+        result = self.verify(context, message)
+        record_timing(context)
+        return result
 
     def waited_for(self, context: Context) -> str:
         """What the task waits for, to name in a failure."""
@@ -98,7 +102,7 @@ class RolloutSensor(BaseOperator):
         states = cluster.rollout_states(kube, refs)
         # Already done (a retry, a re-run, or nothing to restart): no need to defer at all.
         if all(s.complete for s in states):
-            return self.arrived(context, f"{len(refs)} workloads rolled out")
+            return self._arrived(context, f"{len(refs)} workloads rolled out")
         # The deadline counts from this run's restart, so a retry of this task does not
         # extend it (a restart before the run started belongs to another run).
         run_started = context["dag_run"].start_date
@@ -124,7 +128,7 @@ class RolloutSensor(BaseOperator):
                 event["message"],
                 "inspect the workloads (kubectl rollout status), fix and clear this task",
             )
-        return self.arrived(context, str(event["message"]))
+        return self._arrived(context, str(event["message"]))
 
 
 class GatewayUpgrade(RolloutSensor):
@@ -140,11 +144,8 @@ class GatewayUpgrade(RolloutSensor):
         rp = ResolvedParams.from_dict(self.resolved)
         return ", ".join(f"{g.kind}/{g.namespace}/{g.name}" for g in rp.params.gateway_refs)
 
-    def arrived(self, context: Context, message: str) -> Any:
-        self.log.info("rollout complete: %s", message)
-        verified = tasks.verify_gateways(self.resolved)
-        record_timing(context)
-        return verified
+    def verify(self, context: Context, message: str) -> Any:
+        return tasks.verify_gateways(self.resolved)
 
 
 class CanaryUpgrade(RolloutSensor):
@@ -165,13 +166,10 @@ class CanaryUpgrade(RolloutSensor):
     def waited_for(self, context: Context) -> str:
         return "the canary namespaces " + ", ".join(ResolvedParams.from_dict(self.resolved).canary)
 
-    def arrived(self, context: Context, message: str) -> Any:
-        self.log.info("rollout complete: %s", message)
+    def verify(self, context: Context, message: str) -> Any:
         ti = context["ti"]
         restart = ti.xcom_pull(task_ids=self.task_id, key="restart", map_indexes=ti.map_index)
-        verified = tasks.verify_namespaces(self.resolved, restart=restart)
-        record_timing(context)
-        return verified
+        return tasks.verify_namespaces(self.resolved, restart=restart)
 
 
 class MetricGateSensor(BaseOperator):
