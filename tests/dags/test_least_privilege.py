@@ -14,6 +14,7 @@ applies):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,14 @@ def as_airflow(seeded: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     return connect_as(seeded, AIRFLOW_ACCOUNT, tmp_path, monkeypatch)
 
 
+def assert_refused(kubeconfig: str, what: str, call: Callable[[cluster.Kube], object]) -> None:
+    """The apiserver answers `call` made with this kubeconfig with 403 Forbidden."""
+    kube = cluster.connect(cluster.KubeTarget(kubeconfig=kubeconfig))
+    with pytest.raises(ApiException) as refused:
+        call(kube)
+    assert refused.value.status == 403, f"{what}: {refused.value}"
+
+
 def assert_upgraded(box: Sandbox, dr: Any) -> None:
     kube = box.kube()
     states = run_states(dr.run_id)
@@ -115,12 +124,9 @@ def test_the_pod_runner_upgrades_as_an_account_that_can_grant_nothing(
     ],
 )  # fmt: skip
 def test_the_roles_refuse_what_the_upgrade_does_not_need(
-    as_istioctl: str, what: str, call: object
+    as_istioctl: str, what: str, call: Callable[[cluster.Kube], object]
 ) -> None:
-    kube = cluster.connect(cluster.KubeTarget(kubeconfig=as_istioctl))
-    with pytest.raises(ApiException) as refused:
-        call(kube)  # type: ignore[operator]
-    assert refused.value.status == 403, f"{what}: {refused.value}"
+    assert_refused(as_istioctl, what, call)
 
 
 @pytest.mark.parametrize(
@@ -143,9 +149,6 @@ def test_the_roles_refuse_what_the_upgrade_does_not_need(
     ],
 )  # fmt: skip
 def test_the_pod_runners_connection_cannot_grant_or_write_cluster_objects(
-    as_airflow: str, what: str, call: object
+    as_airflow: str, what: str, call: Callable[[cluster.Kube], object]
 ) -> None:
-    kube = cluster.connect(cluster.KubeTarget(kubeconfig=as_airflow))
-    with pytest.raises(ApiException) as refused:
-        call(kube)  # type: ignore[operator]
-    assert refused.value.status == 403, f"{what}: {refused.value}"
+    assert_refused(as_airflow, what, call)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from plain_deployment import plain_deployment
-from sandbox_fixture import Sandbox
+from sandbox_fixture import Sandbox, wait_for
 
 from istio_upgrade import cluster, triggers
 from istio_upgrade.model import WorkloadRef
@@ -46,10 +46,7 @@ def test_a_rollout_wait_outlives_an_apiserver_restart(sandbox: Sandbox, kube: cl
     kube.apps.create_namespaced_deployment(
         NS, plain_deployment(min_ready_seconds=MIN_READY_SECONDS)
     )
-    end = time.time() + 120
-    while not cluster.rollout_states(kube, [ref])[0].complete:
-        assert time.time() < end, "the first rollout did not complete"
-        time.sleep(1)
+    wait_for("the first rollout", lambda: cluster.rollout_states(kube, [ref])[0].complete, 120)
     cluster.stamp_restart(kube, ref, "it-run")
     trigger = triggers.RolloutTrigger(
         CONN_ID, [ref.__dict__], deadline=time.time() + 300, poll_seconds=1
@@ -66,12 +63,9 @@ def test_a_rollout_wait_outlives_an_apiserver_restart(sandbox: Sandbox, kube: cl
         waiting = pool.submit(asyncio.run, first_event())
         time.sleep(2)  # the trigger has polled at least once
         assert stop(layout, apiserver.name), "the apiserver was not running"
-        down_at = time.time()
         time.sleep(3)  # polls fail: connection refused
         assert not waiting.done(), "the trigger gave up while the apiserver was down"
         start(layout, apiserver)
         event = waiting.result(timeout=240)
     assert event["status"] == "success", event
     assert cluster.rollout_states(kube, [ref])[0].complete
-    # it waited for the rollout itself, not only out the outage
-    assert time.time() - down_at >= 3

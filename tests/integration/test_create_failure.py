@@ -8,18 +8,18 @@ way), so the rollout fails after a short grace instead of at the progress deadli
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from plain_deployment import plain_deployment
-from sandbox_fixture import Sandbox
+from sandbox_fixture import Sandbox, wait_for
 
 from istio_upgrade import cluster
 from istio_upgrade.model import WorkloadRef
 
 NS = "it-create-failure"
+WAIT_SECONDS = 60
 
 
 @pytest.fixture
@@ -32,19 +32,12 @@ def kube(sandbox: Sandbox) -> Iterator[cluster.Kube]:
         sandbox.kubectl("delete", "namespace", NS, "--wait=false")
 
 
-def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
-    end = time.time() + timeout
-    while time.time() < end:
-        if found := check():
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_refused_pod_fails_the_rollout_after_the_grace(kube: cluster.Kube) -> None:
     ref = WorkloadRef("Deployment", NS, "web")
     kube.apps.create_namespaced_deployment(NS, plain_deployment())
-    wait_for("the first rollout", lambda: cluster.rollout_states(kube, [ref])[0].complete)
+    wait_for(
+        "the first rollout", lambda: cluster.rollout_states(kube, [ref])[0].complete, WAIT_SECONDS
+    )
     # room for the one pod it has, none for the surge pod its restart needs
     kube.core.create_namespaced_resource_quota(
         NS, {"metadata": {"name": "one-pod"}, "spec": {"hard": {"pods": "1"}}}
@@ -55,6 +48,7 @@ def test_a_refused_pod_fails_the_rollout_after_the_grace(kube: cluster.Kube) -> 
             (kube.core.read_namespaced_resource_quota("one-pod", NS).status.used or {}).get("pods")
             == "1"
         ),
+        WAIT_SECONDS,
     )
     cluster.stamp_restart(kube, ref, "it-run")
 
@@ -63,7 +57,7 @@ def test_a_refused_pod_fails_the_rollout_after_the_grace(kube: cluster.Kube) -> 
         conds = [c for c in obj.status.conditions or [] if c.type == "ReplicaFailure"]
         return (obj, conds[0]) if conds and conds[0].status == "True" else None
 
-    obj, cond = wait_for("the controller to report the refused pod", refused)
+    obj, cond = wait_for("the controller to report the refused pod", refused, WAIT_SECONDS)
     began = cond.last_transition_time.timestamp()
 
     soon = cluster.rollout_state(obj, now=began + 1)

@@ -16,23 +16,12 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from sandbox_fixture import Sandbox
+from sandbox_fixture import Sandbox, wait_for
 
 from istio_upgrade import cluster, health, progress, steps
 from istio_upgrade.model import WorkloadRef
 
 pytestmark = pytest.mark.sandbox
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def make_namespace(
