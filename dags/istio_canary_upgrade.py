@@ -107,7 +107,6 @@ from istio_upgrade.retry_policies import (
     ISTIOCTL_RETRY,
     NO_RETRY,
     VERDICT_RETRY,
-    WAIT,
 )
 from istio_upgrade.upgrade_lock import holder_of
 
@@ -130,15 +129,12 @@ STEPS = (
     "validate",
     "precheck",
     "install_revision",
-    "wait_control_plane",
     "move_tag",
     "upgrade_gateways",
     "upgrade_canary",
     "metric_gate",
     "remaining_namespaces",
-    "check_old_unused",
-    "uninstall_old",
-    "wait_old_removed",
+    "remove_old_revision",
     "rollback.move_tag_back",
     "rollback.restart_moved",
     "rollback.wait_rolled_back",
@@ -161,19 +157,6 @@ def timed(fn: Callable[..., T]) -> Callable[..., T]:
         out = fn(*args, **kwargs)
         record_timing(get_current_context())
         return out
-
-    return wrapper
-
-
-def timed_poke(fn: Callable[..., bool]) -> Callable[..., bool]:
-    """`timed` for a sensor's poke: only the poke that ends the wait has a duration."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> bool:
-        done = fn(*args, **kwargs)
-        if done:
-            record_timing(get_current_context())
-        return done
 
     return wrapper
 
@@ -238,11 +221,6 @@ def istio_canary_upgrade() -> None:
     def install_revision(resolved: dict[str, Any]) -> bool:
         return tasks.install(resolved, _run_id())
 
-    @task.sensor(**WAIT, **API_RETRY)
-    @timed_poke
-    def wait_control_plane(resolved: dict[str, Any]) -> bool:
-        return tasks.control_plane_ready(resolved)
-
     @task(**ISTIOCTL_RETRY)
     @timed
     def move_tag(resolved: dict[str, Any]) -> bool:
@@ -277,33 +255,24 @@ def istio_canary_upgrade() -> None:
         try:
             return tasks.finish_waves(resolved, _outcomes())
         except WavesPaused as paused:
-            # Skips check_old_unused and the uninstall after it: the old revision stays.
+            # Skips remove_old_revision after it: the old revision stays.
             raise AirflowSkipException(str(paused)) from paused
-
-    @task(**VERDICT_RETRY)
-    @timed
-    def check_old_unused(resolved: dict[str, Any]) -> str:
-        try:
-            return tasks.check_old_unused(resolved)
-        except OldRevisionKept as kept:
-            # Only users the plan named keep it: skip its removal, the run still completes.
-            get_current_context()["ti"].xcom_push("kept", str(kept))
-            raise AirflowSkipException(str(kept)) from kept
 
     @task(**ISTIOCTL_RETRY)
     @timed
-    def uninstall_old(resolved: dict[str, Any]) -> bool:
+    def remove_old_revision(resolved: dict[str, Any]) -> str:
+        # Both skips keep the old revision and end the run green; the report reads why.
+        ti = get_current_context()["ti"]
         try:
-            return tasks.uninstall_old(resolved, _run_id())
+            return tasks.remove_old_revision(resolved, _run_id())
+        except OldRevisionKept as kept:
+            # Only users the plan named keep it (known before the run, listed in its plan).
+            ti.xcom_push("kept", str(kept))
+            raise AirflowSkipException(str(kept)) from kept
         except WavesPaused as paused:
-            # The window ended: no change after it. The report reads why from this XCom.
-            get_current_context()["ti"].xcom_push("held", paused.reason)
+            # The window ended: no change after it; the next run removes it.
+            ti.xcom_push("held", paused.reason)
             raise AirflowSkipException(str(paused)) from paused
-
-    @task.sensor(**WAIT, **API_RETRY)
-    @timed_poke
-    def wait_old_removed(resolved: dict[str, Any]) -> bool:
-        return tasks.old_removed(resolved)
 
     @task_group
     def rollback(resolved: dict[str, Any]) -> None:
@@ -347,8 +316,8 @@ def istio_canary_upgrade() -> None:
         timings = {
             tid: t["seconds"] for tid in STEPS if (t := ti.xcom_pull(task_ids=tid, key="timing"))
         }
-        removal_held = ti.xcom_pull(task_ids="uninstall_old", key="held")
-        old_kept = ti.xcom_pull(task_ids="check_old_unused", key="kept")
+        removal_held = ti.xcom_pull(task_ids="remove_old_revision", key="held")
+        old_kept = ti.xcom_pull(task_ids="remove_old_revision", key="kept")
         failed = failed_tasks(get_current_context())
         rollback_ran = ti.xcom_pull(task_ids="rollback.move_tag_back") is not None
         return tasks.final_report(
@@ -394,7 +363,6 @@ def istio_canary_upgrade() -> None:
     (
         pre
         >> install_revision(resolved)
-        >> wait_control_plane(resolved)
         >> move_tag(resolved)
         >> gateways
         >> canary
@@ -414,10 +382,9 @@ def istio_canary_upgrade() -> None:
         map_index_template="{{ task.item['namespace'] }}",
         **DEFERRED_API_RETRY,
     ).expand(item=remaining)
-    waves_done = finish_waves(resolved, remaining)
-    removed = wait_old_removed(resolved)
+    removed = remove_old_revision(resolved)
     branch >> remaining
-    upgraded >> waves_done >> check_old_unused(resolved) >> uninstall_old(resolved) >> removed
+    upgraded >> finish_waves(resolved, remaining) >> removed
 
     rolled_back = rollback(resolved)
     branch >> rolled_back

@@ -75,5 +75,3 @@ VERDICT_RETRY: dict[str, Any] = {
 # a namespace waits for the waves before it, however many there are).
 DEFERRED_VERDICT_RETRY: dict[str, Any] = {**VERDICT_RETRY, "execution_timeout": None}
 DEFERRED_API_RETRY: dict[str, Any] = {**API_RETRY, "execution_timeout": None}
-# Sensors give their worker slot back between pokes; an hour bounds any wait.
-WAIT: dict[str, Any] = {"poke_interval": 5, "timeout": 3600, "mode": "reschedule"}

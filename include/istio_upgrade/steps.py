@@ -8,7 +8,8 @@ repeating work. Inputs and outputs are plain data (dicts), as they cross task bo
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from istio_upgrade import cluster, istioctl_pod, progress
@@ -45,6 +46,20 @@ from istio_upgrade.params import (
 from istio_upgrade.references import KeptBy, users_of
 
 log = logging.getLogger(__name__)
+
+# istioctl install and uninstall wait for their objects themselves; reading the result back
+# only allows for the API's lag (a finalizer that holds an object shows up as a timeout).
+SETTLE_SECONDS = 120.0
+
+
+def settle(check: Callable[[], bool], seconds: float = SETTLE_SECONDS, every: float = 1.0) -> bool:
+    """Ask `check` until it says yes or `seconds` pass; its last answer."""
+    end = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(every)
+    return True
 
 
 def already_done(params: UpgradeParams, snapshot: MeshSnapshot) -> bool:
@@ -127,7 +142,8 @@ def control_plane_ready(kube: Kube, revision: str) -> bool:
 
 
 def install(kube: Kube, istioctl: Runner, revision: str, profile: str, overlay: str | None) -> bool:
-    """Install the revision beside the old one unless it already runs. True if installed now."""
+    """Install the revision beside the old one unless it already runs, and wait until its
+    control plane is ready. True if installed now."""
     if control_plane_ready(kube, revision):
         log.info("install skipped revision=%s reason=already-installed", revision)
         return False
@@ -138,6 +154,14 @@ def install(kube: Kube, istioctl: Runner, revision: str, profile: str, overlay: 
             "not installed",
             "installed",
             "see istioctl's output:\n" + result.summary(),
+        )
+    if not settle(lambda: control_plane_ready(kube, revision)):
+        raise ClusterStateError(
+            f"istiod-{revision}",
+            "not ready",
+            f"ready with its injector webhook {SETTLE_SECONDS:.0f} s after istioctl install",
+            f"see why its pods are not ready (kubectl -n istio-system get pods -l "
+            f"istio.io/rev={revision}), then clear install_revision",
         )
     return True
 
@@ -316,8 +340,11 @@ def check_unused(
     return f"revision {revision} is not used by any pod, namespace or tag"
 
 
-def uninstall(kube: Kube, istioctl: Runner, revision: str) -> bool:
-    """Remove a revision's control plane unless it is gone already. True if removed now."""
+def uninstall(
+    kube: Kube, istioctl: Runner, revision: str, settle_seconds: float = SETTLE_SECONDS
+) -> bool:
+    """Remove a revision's control plane unless it is gone already, and wait until its
+    objects are. True if removed now."""
     if not revision_objects(kube, revision):
         log.info("uninstall skipped revision=%s reason=not-installed", revision)
         return False
@@ -328,6 +355,14 @@ def uninstall(kube: Kube, istioctl: Runner, revision: str) -> bool:
             "still installed",
             "uninstalled",
             "see istioctl's output:\n" + result.summary(),
+        )
+    if not settle(lambda: not revision_objects(kube, revision), settle_seconds):
+        raise ClusterStateError(
+            f"revision {revision}",
+            ", ".join(revision_objects(kube, revision)),
+            f"removed {settle_seconds:.0f} s after istioctl uninstall",
+            "see what holds them (finalizers, another installer such as Helm), remove them, "
+            "then clear remove_old_revision",
         )
     return True
 

@@ -167,11 +167,6 @@ def install(resolved: dict[str, Any], run_id: str) -> bool:
     )
 
 
-def control_plane_ready(resolved: dict[str, Any]) -> bool:
-    run = _run(resolved)
-    return steps.control_plane_ready(run.kube, run.target)
-
-
 def move_tag(resolved: dict[str, Any], run_id: str, to_current: bool = False) -> bool:
     run = _run(resolved, run_id)
     return steps.move_tag(
@@ -351,29 +346,23 @@ def finish_waves(resolved: dict[str, Any], outcomes: Sequence[Any]) -> dict[str,
     return {"namespaces": list(run.rp.namespaces), "revision": run.target}
 
 
-def check_old_unused(resolved: dict[str, Any]) -> str:
-    """RevisionInUse naming what the plan did not know; OldRevisionKept when it knew them all."""
-    run = _run(resolved)
-    return steps.check_unused(run.kube, run.current, run.rp.kept_by, _gateways(run.rp))
-
-
-def uninstall_old(resolved: dict[str, Any], run_id: str, now: float | None = None) -> bool:
-    """Remove the old revision, unless the window ended (then WavesPaused, nothing changed)."""
+def remove_old_revision(resolved: dict[str, Any], run_id: str, now: float | None = None) -> str:
+    """The procedure's last step, once every namespace moved: hold the old revision when the
+    window has ended (WavesPaused: the next run removes it); refuse while anything the plan
+    did not name uses it (RevisionInUse); keep it when only users it named do
+    (OldRevisionKept); otherwise uninstall it and wait until its objects are gone."""
     run = _run(resolved, run_id)
+    if not steps.revision_objects(run.kube, run.current):
+        # A retry after the removal: done, whatever the window says now.
+        return f"revision {run.current} is removed"
     held = deadline.removal_held(
         run.rp.window_end, time.time() if now is None else now, run.current, run.target
     )
     if held:
         raise WavesPaused(held)
-    return steps.uninstall(run.kube, run.istioctl, run.current)
-
-
-def old_removed(resolved: dict[str, Any]) -> bool:
-    run = _run(resolved)
-    left = steps.revision_objects(run.kube, run.current)
-    if left:
-        log.info("waiting for removal revision=%s left=%s", run.current, ",".join(left))
-    return not left
+    unused = steps.check_unused(run.kube, run.current, run.rp.kept_by, _gateways(run.rp))
+    steps.uninstall(run.kube, run.istioctl, run.current)
+    return f"{unused}: removed"
 
 
 # --- rollback -----------------------------------------------------------------------------
@@ -464,10 +453,10 @@ def final_report(
     """The run report: revisions per namespace before/after, timings, metric figures, phase.
 
     `outcomes` are those of the namespaces of the waves (the held ones make a pause),
-    `removal_held` why the old revision was not removed (uninstall_old's WavesPaused), if so,
+    `removal_held` why the old revision was not removed (remove_old_revision's WavesPaused), if so,
     `failed` the run's failed tasks (named in the reason), `rollback_ran` whether the
     rollback path moved the tag back (after a failed gate, a rejection or a failure),
-    `old_kept` why the old revision was kept (check_old_unused's OldRevisionKept), if so.
+    `old_kept` why the old revision was kept (remove_old_revision's OldRevisionKept), if so.
     """
     run = _run(resolved)
     after = cluster.snapshot(run.kube)

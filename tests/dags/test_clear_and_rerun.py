@@ -3,8 +3,8 @@ during the run, and a failed run finished by clearing the failed task in the UI.
 
 A bare pod (no controller, so no restart can move it) injected by the old revision before
 the run is in its plan: the run completes and keeps the old revision, saying why. A
-namespace pinned to the old revision while the run goes is not: `check_old_unused` refuses
-to remove that revision. The fix is the one its message names: remove that user. The task
+namespace pinned to the old revision while the run goes is not: `remove_old_revision`
+refuses to remove that revision. The fix is the one its message names: remove that user. The task
 is then cleared with its downstream tasks through the REST API (`POST
 /api/v2/dags/{dag}/clearTaskInstances`, what the UI's Clear sends) and the same run is
 resumed (see `dag_runs.resume`).
@@ -65,8 +65,7 @@ def test_a_user_known_before_the_run_keeps_the_old_revision_and_the_run_complete
         run = states(dr.run_id)
         assert str(dr.state) == "success", run
         assert run["finish_waves"] == "success", run
-        assert run["check_old_unused"] == "skipped", run  # kept, as the plan said
-        assert run["uninstall_old"] == run["wait_old_removed"] == "skipped", run
+        assert run["remove_old_revision"] == "skipped", run  # kept, as the plan said
         assert run["conclude"] == "success", run
         assert not [t for t, s in run.items() if s == "failed"], run
         report = rest_api.xcom(dr.run_id, "report")
@@ -96,27 +95,24 @@ def test_clear_the_failed_task_after_the_fix_and_the_same_run_completes(
         run = states(dr.run_id)
         assert str(dr.state) == "failed", run
         assert run["finish_waves"] == "success", run  # every workload moved
-        assert run["check_old_unused"] == "failed", run  # ... but a new user appeared
-        assert run["uninstall_old"] == "upstream_failed", run
+        assert run["remove_old_revision"] == "failed", run  # ... but a new user appeared
         assert run["conclude"] == "failed", run
         report = rest_api.xcom(dr.run_id, "report")
         assert report["phase"] == "moved", report  # not "canary": every wave finished
-        assert "check_old_unused failed" in report["reason"], report
+        assert "remove_old_revision failed" in report["reason"], report
         assert cluster.revision_objects(kube, box.old_revision), "removed while still in use"
         assert cluster.tag_revision(kube, "default") == box.new_revision
         assert revisions(box) == {n: {box.new_revision} for n in MESH}
         moved = owned_pod_uids(box)
 
         box.kubectl("delete", "namespace", PINNED, "--wait=true")
-        cleared = rest_api.clear(dr.run_id, ["check_old_unused"])
-        assert cleared == sorted(
-            ["check_old_unused", "uninstall_old", "wait_old_removed", "report", "conclude"]
-        )
+        cleared = rest_api.clear(dr.run_id, ["remove_old_revision"])
+        assert cleared == ["conclude", "remove_old_revision", "report"]
         again = resume(load_dag(), dr.run_id)
 
         run = states(dr.run_id)
         assert str(again.state) == "success", run
-        assert run["check_old_unused"] == run["uninstall_old"] == run["conclude"] == "success"
+        assert run["remove_old_revision"] == run["conclude"] == "success", run
         assert cluster.revision_objects(kube, box.old_revision) == []
         assert owned_pod_uids(box) == moved, "the resumed run restarted workloads again"
         assert rest_api.xcom(dr.run_id, "report")["phase"] == "completed"

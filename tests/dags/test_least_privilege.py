@@ -84,7 +84,7 @@ def assert_upgraded(box: Sandbox, dr: Any) -> None:
     states = run_states(dr.run_id)
     assert str(dr.state) == "success", states
     assert all(s in ("success", "skipped") for s in states.values()), states
-    assert states["uninstall_old"] == "success", states
+    assert states["remove_old_revision"] == "success", states
     assert cluster.tag_revision(kube, "default") == box.new_revision
     for ns in cluster.snapshot(kube).namespaces:
         assert {p.revision for p in progress.live_pods(ns)} == {box.new_revision}, ns.name

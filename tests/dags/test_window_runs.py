@@ -56,7 +56,7 @@ def test_short_window_pauses_valid_and_the_next_run_finishes(
     first = run_dag(conf, approve_late_in_the_window)
     run = states(first.run_id)
     assert str(first.state) == "success", run
-    for task_id in ("finish_waves", "check_old_unused", "uninstall_old", "conclude"):
+    for task_id in ("finish_waves", "remove_old_revision", "conclude"):
         assert run[task_id] == "skipped", (task_id, run)
 
     # the mesh is valid: tag on the new revision, old one still installed, every namespace
@@ -113,7 +113,8 @@ def test_a_run_that_starts_after_its_window_ended_changes_nothing(
 
 
 def test_the_old_revision_is_not_removed_after_the_window_ended(seeded: Sandbox) -> None:
-    """uninstall_old as the DAG calls it, an instant after the window: nothing is removed."""
+    """remove_old_revision as the DAG calls it, an instant after the window: nothing is
+    removed."""
     start = datetime.now(UTC)
     resolved = tasks.validate(
         fast_params(seeded, window_minutes=1),
@@ -126,7 +127,7 @@ def test_the_old_revision_is_not_removed_after_the_window_ended(seeded: Sandbox)
     )
     try:
         with pytest.raises(WavesPaused) as paused:
-            tasks.uninstall_old(resolved, "it-window-over", now=start.timestamp() + 61)
+            tasks.remove_old_revision(resolved, "it-window-over", now=start.timestamp() + 61)
     finally:
         tasks.release_lock(resolved)
     assert "kept" in paused.value.reason

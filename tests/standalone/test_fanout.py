@@ -87,7 +87,7 @@ def test_a_failed_namespace_stops_the_later_waves_and_clearing_resumes(stack: St
         mapped = [states[f"upgrade_namespace[{i}]"] for i in range(7)]
         assert mapped == ["failed", "success"] + ["skipped"] * 5, states  # bar, foo | the rest
         assert states["finish_waves"] == "failed", states
-        assert states["check_old_unused"] == states["uninstall_old"] == "upstream_failed"
+        assert states["remove_old_revision"] == "upstream_failed", states
         assert states["conclude"] == "failed", states
         assert {t for t, s in states.items() if s == "skipped"} >= ROLLBACK, states
         later = outcomes(stack, run_id)[2:]
@@ -126,7 +126,7 @@ def test_a_window_too_short_for_a_wave_pauses_the_run_green(stack: Stack) -> Non
     states = stack.states(run_id)
     assert state == "success", states
     assert {states[f"upgrade_namespace[{i}]"] for i in range(7)} == {"skipped"}, states
-    for task_id in ("finish_waves", "check_old_unused", "uninstall_old", "conclude"):
+    for task_id in ("finish_waves", "remove_old_revision", "conclude"):
         assert states[task_id] == "skipped", (task_id, states)
     assert not [t for t, s in states.items() if s not in ("success", "skipped")], states
     held = outcomes(stack, run_id)
