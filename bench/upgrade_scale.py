@@ -331,6 +331,56 @@ def tree_memory(roots: Iterable[int], table: Mapping[int, int]) -> tuple[int, in
     return rss, pss
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and of its children it has reaped (utime+stime+cutime+cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
+# Airflow's processes by what `airflow standalone` starts; a scheduler's descendants are
+# LocalExecutor workers and the task processes they fork (their CPU is the task starts').
+ROLES = ("scheduler", "api-server", "triggerer", "dag-processor")
+TASKS = "task processes"
+
+
+def cpu_by_role(airflow_pid: int | None, sandbox_pids: Iterable[int]) -> dict[str, float]:
+    """CPU seconds so far of Airflow's processes by role, of the task processes under the
+    scheduler, and of the sandbox. A process's children count once reaped (cutime); one that
+    started and ended between two readings counts in its parent's figure."""
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for pid, ppid in table.items():
+        children.setdefault(ppid, []).append(pid)
+
+    def tree(root: int) -> list[int]:
+        out, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo += children.get(pid, [])
+        return out
+
+    cpu: Counter[str] = Counter()
+    for top in children.get(airflow_pid or -1, []):
+        role = "other"
+        with contextlib.suppress(OSError):
+            title = _cmdline(top).replace("_", "-")  # the api-server calls itself api_server
+            role = next((r for r in ROLES if f"airflow {r}" in title), "other")
+        for pid in tree(top):
+            part = TASKS if role == "scheduler" and pid != top else role
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                cpu[part] += _cpu_seconds(pid)
+    for root in sandbox_pids:
+        for pid in tree(root):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                cpu["sandbox"] += _cpu_seconds(pid)
+    return dict(cpu)
+
+
 @dataclass
 class Sample:
     t: float  # time.time()
@@ -558,6 +608,7 @@ class DagResult:
     xcom_entries: int | None = None
     xcom_bytes: int | None = None
     xcom_largest: list[tuple[str, int]] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds in the run, by process
     airflow_memory: tuple[int, int] = (0, 0)  # peak (RSS, PSS) sums, bytes
     sandbox_memory: tuple[int, int] = (0, 0)
     requests: Requests | None = None
@@ -673,6 +724,7 @@ def run_dag(
     follower = demo.Follower(out, explain=lambda ti: demo.failure_of(api, run_id, ti))
     # (time, running task instances as (task_id, map_index), how many deferred)
     running: list[tuple[float, list[tuple[str, int]], int]] = []
+    cpu_before = cpu_by_role(stack.pid, box.pids())
     with Sampler(metrics, box.pids, stack.pid) as sampler:
         t_trigger = time.time()
         run_id = demo.trigger(api, conf)
@@ -708,6 +760,8 @@ def run_dag(
                 result.error = f"run {run_id} still {run['state']} after {timeout:.0f}s"
                 break
             time.sleep(max(0.0, 1.0 - (time.time() - now)))
+    cpu_after = cpu_by_role(stack.pid, box.pids())
+    result.cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()}
     total, tis = airflow.task_instances(run_id)
     result.task_instances = total
     result.ti_states = dict(Counter(str(t["state"]) for t in tis))
@@ -1032,6 +1086,15 @@ def dag_rows(dg: DagResult) -> Rows:
         ["peak RSS, Airflow processes", _mib(dg.airflow_memory[0]), "", pss(dg.airflow_memory)],
         ["peak RSS, sandbox processes", _mib(dg.sandbox_memory[0]), "", pss(dg.sandbox_memory)],
     ]
+    if dg.cpu:
+        total = sum(dg.cpu.values())
+        ran = max(1, dg.task_instances - dg.ti_states.get("skipped", 0))
+        each = f"{dg.cpu.get(TASKS, 0.0) / ran:.2f} s per task instance that ran"
+        rows.append(["CPU seconds in the run, all processes", f"{total:.0f}", "", ""])
+        for role in (*ROLES, TASKS, "other", "sandbox"):
+            if role in dg.cpu:
+                note = each if role == TASKS else ""
+                rows.append([f"  {role}", f"{dg.cpu[role]:.1f}", "", note])
     return rows
 
 
