@@ -445,7 +445,7 @@ def rollout_state(obj: Any, since: float | None = None, now: float | None = None
     `_deadline_exceeded`): a namespace retried after a fix waits for its rollout again.
     """
     kind = obj.kind or type(obj).__name__.removeprefix("V1")
-    name = f"{kind}/{obj.metadata.namespace}/{obj.metadata.name}"
+    name = str(WorkloadRef(kind, obj.metadata.namespace, obj.metadata.name))
     st, spec = obj.status, obj.spec
     if (st.observed_generation or 0) < (obj.metadata.generation or 0):
         return RolloutState(False, False, f"{name}: waiting for the spec update to be observed")
@@ -506,8 +506,7 @@ def rollout_states(kube: Kube, refs: Iterable[WorkloadRef]) -> list[RolloutState
                     RolloutState(
                         False,
                         True,
-                        f"{ref.kind}/{ref.namespace}/{ref.name}: "
-                        "not found (deleted during the upgrade?)",
+                        f"{ref}: not found (deleted during the upgrade?)",
                     )
                 )
                 continue

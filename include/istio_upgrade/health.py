@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -332,6 +333,29 @@ def next_state(
     """Record one check and judge the gate: what the trigger calls after each `run_check`."""
     new = state.record(checks)
     return new, verdict(new, now, params)
+
+
+def check_gate(
+    prometheus_url: str,
+    namespaces: Sequence[str],
+    params: UpgradeParams,
+    state: GateState,
+    baseline_checks: Iterable[Mapping[str, Any]] = (),
+) -> tuple[GateState, HealthVerdict]:
+    """One check of the gate and its verdict so far (blocking). `baseline_checks` are the
+    canary's figures from before its restart as they cross XCom (`MetricCheck.to_dict()`)."""
+    baseline = baseline_from(MetricCheck.from_dict(c) for c in baseline_checks) or None
+    checks = run_check(prometheus_url, namespaces, params, baseline)
+    return next_state(state, checks, time.time(), params)
+
+
+def gate_event(state: GateState, result: HealthVerdict, params: UpgradeParams) -> dict[str, Any]:
+    """The gate's outcome as its trigger reports it (and the sensor reads it)."""
+    return {
+        "status": str(result),
+        "message": describe(state, result, params),
+        "state": state.to_dict(),
+    }
 
 
 def describe(state: GateState, result: HealthVerdict, params: UpgradeParams) -> str:

@@ -34,6 +34,9 @@ class WorkloadRef:
     namespace: str
     name: str
 
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
 
 @dataclass(frozen=True)
 class PodState:

@@ -93,7 +93,7 @@ class RolloutSensor(BaseOperator):
 
     def waited_for(self, context: Context) -> str:
         """What the task waits for, to name in a failure."""
-        return ", ".join(f"{w['kind']}/{w['namespace']}/{w['name']}" for w in self.workloads)
+        return ", ".join(str(WorkloadRef(**w)) for w in self.workloads)
 
     def execute(self, context: Context) -> Any:
         rp = ResolvedParams.from_dict(self.resolved)
@@ -142,7 +142,7 @@ class GatewayUpgrade(RolloutSensor):
 
     def waited_for(self, context: Context) -> str:
         rp = ResolvedParams.from_dict(self.resolved)
-        return ", ".join(f"{g.kind}/{g.namespace}/{g.name}" for g in rp.params.gateway_refs)
+        return ", ".join(map(str, rp.params.gateway_refs))
 
     def verify(self, context: Context, message: str) -> Any:
         return tasks.verify_gateways(self.resolved)
@@ -187,10 +187,10 @@ class MetricGateSensor(BaseOperator):
         self.resolved = resolved
         self.baseline = baseline
 
-    def execute(self, context: Context) -> None:
+    def execute(self, context: Context) -> Any:
         rp = ResolvedParams.from_dict(self.resolved)
         ti = context["ti"]
-        baseline = self.baseline if rp.params.compare_baseline else None
+        baseline = (self.baseline or []) if rp.params.compare_baseline else []
         self.log.info(
             "gate namespaces=%s bake=%ss interval=%ss failure_limit=%d",
             ",".join(rp.canary),
@@ -198,12 +198,21 @@ class MetricGateSensor(BaseOperator):
             rp.params.check_interval_seconds,
             rp.params.failure_limit,
         )
+        state = health.GateState(started_at=time.time())
+        if rp.params.bake_seconds == 0:
+            # No bake time: the first check may decide at once, and a deferral round trip
+            # costs more than the check. If it does not decide, the trigger goes on from it.
+            state, verdict = health.check_gate(
+                rp.params.prometheus_url, list(rp.canary), rp.params, state, baseline
+            )
+            if verdict is not health.HealthVerdict.PENDING:
+                return self.execute_complete(context, health.gate_event(state, verdict, rp.params))
         self.defer(
             trigger=MetricGateTrigger(
                 rp.params.prometheus_url,
                 list(rp.canary),
                 rp.params.to_dict(),
-                health.GateState(started_at=time.time()).to_dict(),
+                state.to_dict(),
                 baseline,
                 ti_key=[ti.dag_id, ti.run_id, ti.task_id, ti.map_index],
             ),

@@ -243,12 +243,19 @@ def restart_and_count(
 def restart_workloads(
     kube: Kube, refs: Sequence[WorkloadRef], revision: str, stamp: str
 ) -> list[dict[str, str]]:
-    """Restart the given workloads (gateways) unless their pods already run `revision`."""
+    """Restart the given workloads (gateways) unless their pods already run `revision`.
+
+    Returns the workloads restarted, for the rollout wait. One whose pods all run `revision`
+    is not waited for: its rollout may be stuck on a change that never started (a surge pod
+    the quota refused), which moving back does not need to finish.
+    """
     states = {ns.name: ns for ns in _namespaces(kube, {r.namespace for r in refs})}
+    restarted = []
     for ref in refs:
         ns = states.get(ref.namespace)
         if ns is not None and ref in progress.workloads_to_restart(ns, revision):
             cluster.restart(kube, ref, stamp)
+            restarted.append(ref.__dict__)
         else:
             log.info(
                 "restart skipped kind=%s namespace=%s name=%s reason=on-revision",
@@ -256,7 +263,7 @@ def restart_workloads(
                 ref.namespace,
                 ref.name,
             )
-    return [r.__dict__ for r in refs]
+    return restarted
 
 
 def verify_namespaces(kube: Kube, names: Sequence[str], revision: str) -> dict[str, Any]:

@@ -163,14 +163,17 @@ class MetricGateTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         params = UpgradeParams.from_dict(self.params)
         state = await self._saved_state(health.GateState.from_dict(self.state))
-        baseline = (
-            health.baseline_from(health.MetricCheck.from_dict(c) for c in self.baseline) or None
-        )
+        if state.checks_done:  # a check was just made (on the worker, or before a restart)
+            await asyncio.sleep(params.check_interval_seconds)
         while True:
-            checks = await asyncio.to_thread(
-                health.run_check, self.prometheus_url, self.namespaces, params, baseline
+            state, verdict = await asyncio.to_thread(
+                health.check_gate,
+                self.prometheus_url,
+                self.namespaces,
+                params,
+                state,
+                self.baseline,
             )
-            state, verdict = health.next_state(state, checks, time.time(), params)
             self.log.info(
                 "gate check=%d failed=%d verdict=%s",
                 state.checks_done,
@@ -178,13 +181,7 @@ class MetricGateTrigger(BaseTrigger):
                 verdict,
             )
             if verdict is not health.HealthVerdict.PENDING:
-                yield TriggerEvent(
-                    {
-                        "status": str(verdict),
-                        "message": health.describe(state, verdict, params),
-                        "state": state.to_dict(),
-                    }
-                )
+                yield TriggerEvent(health.gate_event(state, verdict, params))
                 return
             # kept while waiting for the next check, so the store never delays a verdict
             await asyncio.gather(self._save(state), asyncio.sleep(params.check_interval_seconds))

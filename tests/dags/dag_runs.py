@@ -204,6 +204,55 @@ def revisions(box: Sandbox, names: tuple[str, ...] = MESH) -> dict[str, set[str 
     }
 
 
+@contextlib.contextmanager
+def no_room_for_a_new_pod(box: Sandbox, namespace: str) -> Iterator[list[str]]:
+    """A pod quota that fits the namespace's Deployments' pods but not one more, and a 3 s
+    progress deadline on them: a restart's surge pod is refused, so the rollout never
+    completes and the Deployment reports ProgressDeadlineExceeded soon. Yields their names."""
+    kube = box.kube()
+    listed = kube.apps.list_namespaced_deployment(namespace).items
+    assert listed, f"no Deployment in {namespace}"
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "it-no-surge"},
+        "spec": {"hard": {"pods": str(sum(d.spec.replicas for d in listed))}},
+    }
+    kube.core.create_namespaced_resource_quota(namespace, quota)
+    names = [d.metadata.name for d in listed]
+    try:
+        for name in names:
+            kube.apps.patch_namespaced_deployment(
+                name, namespace, {"spec": {"progressDeadlineSeconds": 3}}
+            )
+        yield names
+    finally:
+        kube.core.delete_namespaced_resource_quota("it-no-surge", namespace)
+        for name in names:
+            kube.apps.patch_namespaced_deployment(
+                name, namespace, {"spec": {"progressDeadlineSeconds": 600}}
+            )
+
+
+def assert_mesh_serves(box: Sandbox, names: tuple[str, ...] = MESH) -> None:
+    """Every namespace has pods, each Ready and injected by a revision that is installed."""
+    kube = box.kube()
+    installed = {c.revision for c in cluster.control_planes(kube)}
+    for ns in cluster.namespace_states(kube, names):
+        pods = [p for p in progress.live_pods(ns) if p.owner is not None]
+        assert pods, f"{ns.name}: no pod serves"
+        strays = [f"{p.name} ({p.revision})" for p in pods if p.revision not in installed]
+        assert not strays, f"{ns.name}: pods of a revision not installed ({installed}): {strays}"
+        raw = kube.core.list_namespaced_pod(ns.name).items
+        ready = {
+            p.metadata.name
+            for p in raw
+            if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        }
+        unready = [p.name for p in pods if p.name not in ready]
+        assert not unready, f"{ns.name}: pods not Ready: {unready}"
+
+
 def resource_versions(box: Sandbox) -> dict[str, str]:
     """Every object a run could touch (see Sandbox.resource_versions)."""
     return box.resource_versions()

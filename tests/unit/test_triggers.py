@@ -170,3 +170,41 @@ def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
     event = first_event(MetricGateTrigger(**kwargs))
     assert event["status"] == "failed" and event["state"]["checks_failed"] == 3
     assert checks == 2, "the restarted gate counted from zero again"
+
+
+def test_the_gate_goes_on_from_a_check_the_worker_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no bake time the operator makes the first check itself; when that one does not
+    decide (a failed check below failure_limit), the trigger counts it and checks again one
+    interval later, not at once."""
+    from istio_upgrade import health
+    from istio_upgrade.params import parse_params
+    from istio_upgrade.triggers import MetricGateTrigger
+
+    breach = health.MetricCheck(
+        "foo", health.Metric.SUCCESS_RATE, 0.5, 0.99, health.CheckOutcome.BREACHED, "breach"
+    )
+    checked_at: list[float] = []
+
+    def run_check(*args: Any) -> list[health.MetricCheck]:
+        checked_at.append(time.monotonic())
+        return [breach]
+
+    monkeypatch.setattr(health, "run_check", run_check)
+    params = parse_params(
+        {
+            "target_revision": "1-32-0",
+            "failure_limit": 2,
+            "check_interval_seconds": 1,
+            "bake_seconds": 0,
+        }
+    )
+    state, verdict = health.check_gate("http://prom:9090", ["foo"], params, health.GateState(0))
+    assert verdict is health.HealthVerdict.PENDING and state.checks_failed == 1
+    deferred_at = time.monotonic()
+    event = first_event(
+        MetricGateTrigger("http://prom:9090", ["foo"], params.to_dict(), state.to_dict())
+    )
+    assert event["status"] == "failed", event
+    assert event["state"]["checks_done"] == event["state"]["checks_failed"] == 2, event
+    assert len(checked_at) == 2, "the trigger checked more than once"
+    assert checked_at[1] - deferred_at >= 1.0, "the trigger checked again without waiting"
