@@ -296,7 +296,7 @@ class NamespaceUpgrade(BaseOperator):
     ui_color = "#e6f1f2"
 
     def __init__(
-        self, *, item: Any, resolved: Any, canary: Any = None, poll_seconds: float = 1.0, **kw: Any
+        self, *, item: Any, resolved: Any, canary: Any = None, poll_seconds: float = 2.0, **kw: Any
     ) -> None:
         super().__init__(**kw)
         self.item = item
