@@ -112,6 +112,24 @@ def test_namespace_trigger_serializes_plain_data() -> None:
     }
 
 
+def every_check_breaches(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Prometheus stand-in: every check finds foo's success rate at 0.5. Returns the list
+    the time of each check is appended to."""
+    from istio_upgrade import health
+
+    breach = health.MetricCheck(
+        "foo", health.Metric.SUCCESS_RATE, 0.5, 0.99, health.CheckOutcome.BREACHED, "breach"
+    )
+    checked_at: list[float] = []
+
+    def run_check(*args: Any) -> list[health.MetricCheck]:
+        checked_at.append(time.monotonic())
+        return [breach]
+
+    monkeypatch.setattr(health, "run_check", run_check)
+    return checked_at
+
+
 def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -129,19 +147,9 @@ def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
     async def read(key: str, dag_id: str, run_id: str, task_id: str, indexes: Any) -> Any:
         return {i: xcom[i] for i in indexes if i in xcom}
 
-    breach = health.MetricCheck(
-        "foo", health.Metric.SUCCESS_RATE, 0.5, 0.99, health.CheckOutcome.BREACHED, "breach"
-    )
-    checks = 0
-
-    def run_check(*args: Any) -> list[health.MetricCheck]:
-        nonlocal checks
-        checks += 1
-        return [breach]
-
     monkeypatch.setattr(run_state, "push_xcom", push)
     monkeypatch.setattr(run_state, "xcoms", read)
-    monkeypatch.setattr(health, "run_check", run_check)
+    checked_at = every_check_breaches(monkeypatch)
     params = parse_params(
         {
             "target_revision": "1-32-0",
@@ -164,12 +172,12 @@ def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
             await asyncio.wait_for(anext(MetricGateTrigger(**kwargs).run()), 0.5)
 
     asyncio.run(killed_after_one_check())
-    assert checks == 1 and xcom[-1]["checks_failed"] == 1
+    assert len(checked_at) == 1 and xcom[-1]["checks_failed"] == 1
 
-    checks = 0
+    checked_at.clear()
     event = first_event(MetricGateTrigger(**kwargs))
     assert event["status"] == "failed" and event["state"]["checks_failed"] == 3
-    assert checks == 2, "the restarted gate counted from zero again"
+    assert len(checked_at) == 2, "the restarted gate counted from zero again"
 
 
 def test_the_gate_goes_on_from_a_check_the_worker_made(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,16 +188,7 @@ def test_the_gate_goes_on_from_a_check_the_worker_made(monkeypatch: pytest.Monke
     from istio_upgrade.params import parse_params
     from istio_upgrade.triggers import MetricGateTrigger
 
-    breach = health.MetricCheck(
-        "foo", health.Metric.SUCCESS_RATE, 0.5, 0.99, health.CheckOutcome.BREACHED, "breach"
-    )
-    checked_at: list[float] = []
-
-    def run_check(*args: Any) -> list[health.MetricCheck]:
-        checked_at.append(time.monotonic())
-        return [breach]
-
-    monkeypatch.setattr(health, "run_check", run_check)
+    checked_at = every_check_breaches(monkeypatch)
     params = parse_params(
         {
             "target_revision": "1-32-0",
