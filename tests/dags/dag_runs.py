@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sandbox_fixture import Sandbox
+from sandbox_fixture import Sandbox, wait_for
 
 from istio_upgrade import cluster, progress
+from istio_upgrade.model import WorkloadRef
 
 DAG_ID = "istio_canary_upgrade"
 APPS = ("foo", "bar", "baz", "qux")
@@ -232,6 +233,13 @@ def no_room_for_a_new_pod(box: Sandbox, namespace: str) -> Iterator[list[str]]:
             kube.apps.patch_namespaced_deployment(
                 name, namespace, {"spec": {"progressDeadlineSeconds": 600}}
             )
+        # the refused rollout goes on once there is room: let it end before the next test
+        refs = [WorkloadRef("Deployment", namespace, n) for n in names]
+        wait_for(
+            f"the Deployments of {namespace} to roll out",
+            lambda: all(s.complete for s in cluster.rollout_states(kube, refs)),
+            120,
+        )
 
 
 def assert_mesh_serves(box: Sandbox, names: tuple[str, ...] = MESH) -> None:
