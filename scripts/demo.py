@@ -185,9 +185,6 @@ def airflow_env(demo: Demo, box: dict[str, str], base: dict[str, str]) -> dict[s
             "AIRFLOW__CORE__PARALLELISM": "6",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-            # An unchanged DAG file need not be parsed again every 30 s (the default): each
-            # parse costs a second or two of CPU the runs need (measured by the bench).
-            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "300",
             "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(
                 {
                     "conn_type": "kubernetes",
