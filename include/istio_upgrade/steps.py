@@ -369,7 +369,7 @@ def uninstall(
             ", ".join(revision_objects(kube, revision)),
             f"removed {settle_seconds:.0f} s after istioctl uninstall",
             "see what holds them (finalizers, another installer such as Helm), remove them, "
-            "then clear remove_old_revision",
+            "then clear this task",
         )
     return True
 

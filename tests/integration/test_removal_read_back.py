@@ -36,6 +36,6 @@ def test_an_uninstall_that_removed_nothing_fails_naming_what_is_left(sandbox: Sa
         steps.uninstall(kube, PrunesNothing(), seeded.old_revision, settle_seconds=2)
     assert time.monotonic() - started < 30, "it waited far beyond its read-back time"
     message = str(left.value)
-    assert f"revision {seeded.old_revision}" in message and "clear remove_old_revision" in message
+    assert f"revision {seeded.old_revision}" in message and "then clear this task" in message
     assert all(obj in message for obj in before), (before, message)
     assert cluster.revision_objects(kube, seeded.old_revision) == before
