@@ -268,6 +268,12 @@ def run_check(
     return checks
 
 
+def baseline_of_json(checks: Iterable[Mapping[str, Any]]) -> Baseline | None:
+    """The baseline from its checks as they cross XCom (`MetricCheck.to_dict()`); None when
+    there is none to compare with."""
+    return baseline_from(MetricCheck.from_dict(c) for c in checks) or None
+
+
 def baseline_from(checks: Iterable[MetricCheck]) -> dict[tuple[str, str], float]:
     """The figures to compare with later, from a check taken before the restart.
 
@@ -340,11 +346,9 @@ def check_gate(
     namespaces: Sequence[str],
     params: UpgradeParams,
     state: GateState,
-    baseline_checks: Iterable[Mapping[str, Any]] = (),
+    baseline: Baseline | None = None,
 ) -> tuple[GateState, HealthVerdict]:
-    """One check of the gate and its verdict so far (blocking). `baseline_checks` are the
-    canary's figures from before its restart as they cross XCom (`MetricCheck.to_dict()`)."""
-    baseline = baseline_from(MetricCheck.from_dict(c) for c in baseline_checks) or None
+    """One check of the gate and its verdict so far (blocking)."""
     checks = run_check(prometheus_url, namespaces, params, baseline)
     return next_state(state, checks, time.time(), params)
 

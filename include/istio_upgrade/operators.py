@@ -203,7 +203,11 @@ class MetricGateSensor(BaseOperator):
             # No bake time: the first check may decide at once, and a deferral round trip
             # costs more than the check. If it does not decide, the trigger goes on from it.
             state, verdict = health.check_gate(
-                rp.params.prometheus_url, list(rp.canary), rp.params, state, baseline
+                rp.params.prometheus_url,
+                list(rp.canary),
+                rp.params,
+                state,
+                health.baseline_of_json(baseline),
             )
             if verdict is not health.HealthVerdict.PENDING:
                 return self.execute_complete(context, health.gate_event(state, verdict, rp.params))

@@ -163,6 +163,7 @@ class MetricGateTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         params = UpgradeParams.from_dict(self.params)
         state = await self._saved_state(health.GateState.from_dict(self.state))
+        baseline = health.baseline_of_json(self.baseline)
         if state.checks_done:  # a check was just made (on the worker, or before a restart)
             await asyncio.sleep(params.check_interval_seconds)
         while True:
@@ -172,7 +173,7 @@ class MetricGateTrigger(BaseTrigger):
                 self.namespaces,
                 params,
                 state,
-                self.baseline,
+                baseline,
             )
             self.log.info(
                 "gate check=%d failed=%d verdict=%s",

@@ -112,6 +112,20 @@ def test_namespace_trigger_serializes_plain_data() -> None:
     }
 
 
+def gate_params(failure_limit: int, bake_seconds: int) -> Any:
+    """The gate's params with checks a second apart."""
+    from istio_upgrade.params import parse_params
+
+    return parse_params(
+        {
+            "target_revision": "1-32-0",
+            "failure_limit": failure_limit,
+            "check_interval_seconds": 1,
+            "bake_seconds": bake_seconds,
+        }
+    )
+
+
 def every_check_breaches(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Prometheus stand-in: every check finds foo's success rate at 0.5. Returns the list
     the time of each check is appended to."""
@@ -136,7 +150,6 @@ def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
     """A restarted triggerer builds the trigger again from its arguments: the failed checks
     counted before must still count (else every restart would extend a failing gate)."""
     from istio_upgrade import health, run_state
-    from istio_upgrade.params import parse_params
     from istio_upgrade.triggers import MetricGateTrigger
 
     xcom: dict[int, Any] = {}
@@ -150,14 +163,7 @@ def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
     monkeypatch.setattr(run_state, "push_xcom", push)
     monkeypatch.setattr(run_state, "xcoms", read)
     checked_at = every_check_breaches(monkeypatch)
-    params = parse_params(
-        {
-            "target_revision": "1-32-0",
-            "failure_limit": 3,
-            "check_interval_seconds": 1,
-            "bake_seconds": 600,
-        }
-    )
+    params = gate_params(failure_limit=3, bake_seconds=600)
     _, kwargs = MetricGateTrigger(
         "http://prom:9090",
         ["foo"],
@@ -185,18 +191,10 @@ def test_the_gate_goes_on_from_a_check_the_worker_made(monkeypatch: pytest.Monke
     decide (a failed check below failure_limit), the trigger counts it and checks again one
     interval later, not at once."""
     from istio_upgrade import health
-    from istio_upgrade.params import parse_params
     from istio_upgrade.triggers import MetricGateTrigger
 
     checked_at = every_check_breaches(monkeypatch)
-    params = parse_params(
-        {
-            "target_revision": "1-32-0",
-            "failure_limit": 2,
-            "check_interval_seconds": 1,
-            "bake_seconds": 0,
-        }
-    )
+    params = gate_params(failure_limit=2, bake_seconds=0)
     state, verdict = health.check_gate("http://prom:9090", ["foo"], params, health.GateState(0))
     assert verdict is health.HealthVerdict.PENDING and state.checks_failed == 1
     deferred_at = time.monotonic()
