@@ -336,12 +336,14 @@ def istio_canary_upgrade() -> None:
     @task(trigger_rule=TriggerRule.ALL_DONE, **VERDICT_RETRY)
     def conclude(result: dict[str, Any] | None, resolved: dict[str, Any] | None) -> str:
         # ALL_DONE: the run is green only when nothing in it failed (see tasks.conclude)
-        tasks.release_lock(resolved)
         try:
             return tasks.conclude(result, failed_tasks(get_current_context()))
         except WavesPaused as paused:
             # A pause ends the run green, this task skipped: see "Windows and pauses" above.
             raise AirflowSkipException(str(paused)) from paused
+        finally:
+            # after the verdict, so a cluster that cannot be reached does not hide it
+            tasks.release_lock(resolved)
 
     resolved = validate()
     pre = precheck(resolved)
@@ -371,6 +373,9 @@ def istio_canary_upgrade() -> None:
     )
     pre >> baseline >> canary
     branch = decide(resolved, gate.output, approve.output)
+    # A failed baseline fails the canary's chain at once while the install, the tag and the
+    # gateways may still be under way: the decision waits for them (their chain ends here).
+    gateways >> branch
 
     remaining = remaining_namespaces(resolved)
     # One task per namespace, named by it; waiting, restarting and verifying all happen in

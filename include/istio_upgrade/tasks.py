@@ -129,15 +129,16 @@ def validate(
 
 
 def release_lock(resolved: dict[str, Any] | None) -> None:
-    """Give up the run's hold on the cluster at its end, whatever the end was."""
+    """Give up the run's hold on the cluster at its end, whatever the end was.
+
+    A release that fails raises: a run that ends green must leave the cluster free for the
+    next one, not refuse it until the lease expires.
+    """
     rp = ResolvedParams.from_dict(resolved) if resolved else None
     if rp is None or not rp.lock_holder:
         return
-    try:
-        kube = cluster.connect(kube_target(rp.params.kubernetes_conn_id))
-        upgrade_lock.release(kube, rp.lock_holder)
-    except cluster.api_errors() as error:  # the run's result matters more; the lease expires
-        log.warning("upgrade lock not released (it expires by itself): %s", error)
+    kube = cluster.connect(kube_target(rp.params.kubernetes_conn_id))
+    upgrade_lock.release(kube, rp.lock_holder)
 
 
 def show_plan(resolved: dict[str, Any]) -> str:

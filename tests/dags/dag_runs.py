@@ -83,10 +83,12 @@ def run_dag(
     conf: dict[str, Any],
     while_running: Callable[[], None] | None = None,
     logical_date: datetime | None = None,
+    prepare: Callable[[Any], None] | None = None,
 ) -> Any:
     """One dag.test() run; `while_running` runs in a helper thread meanwhile (its error is
     raised here once the run is over, so a failed answer fails the test). A `logical_date`
-    gives the run the data interval the DAG's timetable infers for it."""
+    gives the run the data interval the DAG's timetable infers for it. `prepare` may change
+    the freshly loaded DAG object before the run (dag.test() serializes and runs that one)."""
     global _run_started_after
     errors: list[BaseException] = []
     finished = threading.Event()
@@ -102,6 +104,8 @@ def run_dag(
                 fail_running_runs()
 
     dag = load_dag()
+    if prepare:
+        prepare(dag)
     _import_what_helpers_use()  # imports racing between two threads can deadlock
     _run_started_after = datetime.now(UTC)  # wait_for_task looks at this run only
     thread = threading.Thread(target=helper, daemon=True) if while_running else None

@@ -168,3 +168,50 @@ def test_every_task_on_a_worker_has_a_time_limit(dagbag) -> None:  # type: ignor
             assert task.execution_timeout is None, task.task_id
         else:
             assert task.execution_timeout is not None, f"{task.task_id} could hang a worker"
+
+
+# Tasks that change the mesh. A task that runs whatever happened before it (ALL_DONE: the
+# decision, the waves' end, the report, the end of the run) must not start while one of
+# these may still be running or start later: the decision would miss a tag that moves after
+# it, the end of the run would release the cluster's lock while a restart goes on.
+CHANGES_THE_MESH = (
+    "install_revision",
+    "move_tag",
+    "upgrade_gateways",
+    "upgrade_canary",
+    "upgrade_namespace",
+    "remove_old_revision",
+    "rollback.move_tag_back",
+    "rollback.restart_moved",
+    "rollback.remove_new_revision",
+)
+
+
+def settled_before(dag, done: str, step: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether `step` has ended (or can no longer start) whenever task `done` has ended.
+
+    An ALL_SUCCESS task ends (upstream_failed) as soon as any one upstream fails, so it
+    settles `step` only if every upstream does or is an ancestor of `step` (whose failure
+    means `step` never starts); an ALL_DONE task ends when all upstreams have, so one that
+    settles `step` is enough.
+    """
+    if done == step:
+        return True
+    task = dag.get_task(done)
+    ups = task.upstream_task_ids
+    settles = [u for u in ups if settled_before(dag, u, step)]
+    if task.trigger_rule == "all_done":
+        return bool(settles)
+    ancestors = dag.get_task(step).get_flat_relative_ids(upstream=True)
+    return bool(settles) and all(u in settles or u in ancestors for u in ups)
+
+
+@pytest.mark.parametrize("task_id", ["decide", "finish_waves", "report", "conclude"])
+def test_a_task_that_runs_after_failures_waits_for_every_change_before_it(  # type: ignore[no-untyped-def]
+    dagbag, task_id: str
+) -> None:
+    dag = dagbag.dags[DAG_ID]
+    assert dag.get_task(task_id).trigger_rule == "all_done"
+    before = dag.get_task(task_id).get_flat_relative_ids(upstream=True)
+    unsettled = [s for s in CHANGES_THE_MESH if s in before and not settled_before(dag, task_id, s)]
+    assert not unsettled, f"{task_id} can start while these may still run: {unsettled}"
