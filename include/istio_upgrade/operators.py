@@ -15,7 +15,7 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowSkipException
 
-from istio_upgrade import approval, cluster, health, tasks, upgrade_lock, waves
+from istio_upgrade import approval, cluster, health, run_notes, tasks, upgrade_lock, waves
 from istio_upgrade.connections import kube_target
 from istio_upgrade.deadline import Span
 from istio_upgrade.errors import RolloutFailed
@@ -189,7 +189,6 @@ class MetricGateSensor(BaseOperator):
 
     def execute(self, context: Context) -> Any:
         rp = ResolvedParams.from_dict(self.resolved)
-        ti = context["ti"]
         baseline = (self.baseline or []) if rp.params.compare_baseline else []
         self.log.info(
             "gate namespaces=%s bake=%ss interval=%ss failure_limit=%d",
@@ -198,19 +197,34 @@ class MetricGateSensor(BaseOperator):
             rp.params.check_interval_seconds,
             rp.params.failure_limit,
         )
-        state = health.GateState(started_at=time.time())
-        if rp.params.bake_seconds == 0:
+        kube = self._kube(rp)
+        saved = run_notes.saved_gate(kube, rp.lock_holder) if kube else None
+        state = saved or health.GateState(started_at=time.time())
+        if state.checks_done:
+            # an earlier try of this task baked (Airflow failed or retried it): go on from
+            # its counts rather than bake again from zero, so a retry never forgives a check
+            self.log.info(
+                "gate resumed from an earlier try: %d checks done, %d failed",
+                state.checks_done,
+                state.checks_failed,
+            )
+            found = health.verdict(state, time.time(), rp.params)
+            if found is not health.HealthVerdict.PENDING:
+                return self.execute_complete(context, health.gate_event(state, found, rp.params))
+        elif rp.params.bake_seconds == 0:
             # No bake time: the first check may decide at once, and a deferral round trip
             # costs more than the check. If it does not decide, the trigger goes on from it.
-            state, verdict = health.check_gate(
+            state, found = health.check_gate(
                 rp.params.prometheus_url,
                 list(rp.canary),
                 rp.params,
                 state,
                 health.baseline_of_json(baseline),
             )
-            if verdict is not health.HealthVerdict.PENDING:
-                return self.execute_complete(context, health.gate_event(state, verdict, rp.params))
+            if found is not health.HealthVerdict.PENDING:
+                return self.execute_complete(context, health.gate_event(state, found, rp.params))
+        if kube:
+            run_notes.save_gate(kube, rp.lock_holder, state)
         self.defer(
             trigger=MetricGateTrigger(
                 rp.params.prometheus_url,
@@ -218,13 +232,23 @@ class MetricGateSensor(BaseOperator):
                 rp.params.to_dict(),
                 state.to_dict(),
                 baseline,
-                ti_key=[ti.dag_id, ti.run_id, ti.task_id, ti.map_index],
+                conn_id=rp.params.kubernetes_conn_id,
+                lock_holder=rp.lock_holder,
             ),
             method_name="execute_complete",
         )
 
+    def _kube(self, rp: ResolvedParams) -> cluster.Kube | None:
+        """Where the gate keeps its counts (the run's lock); None: a run without a lock."""
+        if not rp.lock_holder:
+            return None
+        return cluster.connect(kube_target(rp.params.kubernetes_conn_id))
+
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         self.log.info("gate verdict=%s %s", event["status"], event["message"])
+        rp = ResolvedParams.from_dict(self.resolved)
+        if kube := self._kube(rp):
+            run_notes.forget_gate(kube, rp.lock_holder)
         record_timing(context)
         return {
             "verdict": event["status"],

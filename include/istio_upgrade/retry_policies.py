@@ -54,8 +54,8 @@ NO_RETRY: dict[str, Any] = {"retries": 0, "execution_timeout": EXECUTION_TIMEOUT
 # What they find (any UpgradeError) fails at once: a retry would hide it. Anything else gets
 # one more try: an API hiccup, or Airflow failing the try itself (apache/airflow#71172,
 # #72716: seen on the approval). A retried wait keeps its deadline where it can (rollouts:
-# from the restart); a retried gate bakes again and a retried approval asks again, both
-# erring on the side of caution.
+# from the restart); a retried gate goes on with its counts (run_notes); a retried
+# approval asks again (the earlier try's answer is out of a task's reach).
 VERDICT_RETRY: dict[str, Any] = {
     "retries": 1,
     "retry_delay": timedelta(seconds=10),

@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSkippedEvent, TaskSuccessEvent, TriggerEvent
 
-from istio_upgrade import cluster, health, progress, run_state, upgrade_lock, waves
+from istio_upgrade import cluster, health, progress, run_notes, run_state, upgrade_lock, waves
 from istio_upgrade.errors import UpgradeLocked
 from istio_upgrade.model import WorkloadRef
 from istio_upgrade.params import UpgradeParams
@@ -117,17 +117,17 @@ def _transient(err: Exception) -> bool:
     return True
 
 
-GATE_STATE_KEY = "gate_state"
 RESUMED_AFTER_SECONDS = 10.0
 
 
 class MetricGateTrigger(BaseTrigger):
     """Checks the canary's metrics every interval over the bake time and yields the verdict.
 
-    Its arguments are fixed when the task defers, so the counters are also kept in the task's
-    XCom `gate_state` after each check: a triggerer restart (which builds the trigger again
-    from its arguments) resumes the same bake with the checks already counted. `ti_key` is the
-    task instance's (dag_id, run_id, task_id, map_index); empty: counters in memory only.
+    Its arguments are fixed when the task defers, so the counters are also kept after each
+    check as a note on the run's lock (`run_notes`, the cluster's Lease, not an XCom:
+    Airflow clears those when it retries the task): a triggerer restart (which builds the
+    trigger again from its arguments) and a retried task both resume the same bake with the
+    checks already counted. Without `lock_holder` the counters live in memory only.
     """
 
     def __init__(
@@ -137,7 +137,8 @@ class MetricGateTrigger(BaseTrigger):
         params: dict[str, Any],
         state: dict[str, Any],
         baseline: list[dict[str, Any]] | None = None,
-        ti_key: list[Any] | None = None,
+        conn_id: str = "",
+        lock_holder: str = "",
     ) -> None:
         super().__init__()
         self.prometheus_url = prometheus_url
@@ -145,7 +146,8 @@ class MetricGateTrigger(BaseTrigger):
         self.params = params
         self.state = state
         self.baseline = baseline or []
-        self.ti_key = ti_key or []
+        self.conn_id = conn_id
+        self.lock_holder = lock_holder
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -156,7 +158,8 @@ class MetricGateTrigger(BaseTrigger):
                 "params": self.params,
                 "state": self.state,
                 "baseline": self.baseline,
-                "ti_key": self.ti_key,
+                "conn_id": self.conn_id,
+                "lock_holder": self.lock_holder,
             },
         )
 
@@ -182,32 +185,31 @@ class MetricGateTrigger(BaseTrigger):
                 verdict,
             )
             if verdict is not health.HealthVerdict.PENDING:
+                await self._save(state)  # a retry after this decides the same at once
                 yield TriggerEvent(health.gate_event(state, verdict, params))
                 return
             # kept while waiting for the next check, so the store never delays a verdict
             await asyncio.gather(self._save(state), asyncio.sleep(params.check_interval_seconds))
 
     async def _save(self, state: health.GateState) -> None:
-        if self.ti_key:
-            await run_state.push_xcom(GATE_STATE_KEY, state.to_dict(), *self.ti_key)
+        if self.lock_holder:
+            kube = await asyncio.to_thread(_kube_for, self.conn_id)
+            await asyncio.to_thread(run_notes.save_gate, kube, self.lock_holder, state)
 
     async def _saved_state(self, initial: health.GateState) -> health.GateState:
         """The counters this bake already has (from before a triggerer restart), if any.
 
         A trigger starts within seconds of its deferral; one that starts later may be the
         same trigger again after a triggerer died (its triggers are handed on only after
-        the triggerer misses its heartbeats, 30 s by default), so only then is the store
-        read: a read through the triggerer's supervisor can take seconds.
+        the triggerer misses its heartbeats, 30 s by default), so only then is the store read.
         """
-        if not self.ti_key or time.time() - initial.started_at < RESUMED_AFTER_SECONDS:
+        if not self.lock_holder or time.time() - initial.started_at < RESUMED_AFTER_SECONDS:
             return initial
-        dag_id, run_id, task_id, map_index = self.ti_key
-        saved = await run_state.xcoms(GATE_STATE_KEY, dag_id, run_id, task_id, [map_index])
-        if map_index in saved:
-            state = health.GateState.from_dict(saved[map_index])
-            if state.started_at == initial.started_at:  # the same bake, not an earlier try's
-                self.log.info("gate resumed: %d checks done", state.checks_done)
-                return state
+        kube = await asyncio.to_thread(_kube_for, self.conn_id)
+        state = await asyncio.to_thread(run_notes.saved_gate, kube, self.lock_holder)
+        if state is not None and state.started_at == initial.started_at:  # the same bake
+            self.log.info("gate resumed: %d checks done", state.checks_done)
+            return state
         return initial
 
 

@@ -19,6 +19,7 @@ from istio_upgrade.errors import UpgradeError, UpgradeLocked
 from istio_upgrade.params import UpgradeParams
 
 LEASE_NAME = "istio-canary-upgrade"
+NOTE_PREFIX = "istio-canary-upgrade/"  # annotations of the Lease: notes of the holding run
 # Renewed by every task start and by each wave's start; a lease lasts this long plus the
 # longest stretch without either (a rollout wait, the gate's bake, the approval wait).
 LEASE_SECONDS = 15 * 60
@@ -103,6 +104,43 @@ def release(kube: Kube, holder: str) -> bool:
     return True
 
 
+def note(kube: Kube, holder: str, key: str) -> str | None:
+    """A note `holder` left on the lock under `key` (None: none, or the lock is not its)."""
+    lease = _read(kube)
+    if lease is None or _lock_of(lease).holder != holder:
+        return None
+    value = (lease.metadata.annotations or {}).get(NOTE_PREFIX + key)
+    return None if value is None else str(value)
+
+
+def write_note(kube: Kube, holder: str, key: str, value: str | None) -> bool:
+    """Keep a note (None: drop it) on the lock while `holder` has it: what a task must not
+    lose when Airflow retries it (its XComs are cleared then) lives with the run's lock.
+    Returns False when `holder` no longer has the lock."""
+    from kubernetes.client.exceptions import ApiException
+
+    for _ in range(3):
+        lease = _read(kube)
+        if lease is None or _lock_of(lease).holder != holder:
+            return False
+        notes = dict(lease.metadata.annotations or {})
+        if value is None:
+            notes.pop(NOTE_PREFIX + key, None)
+        else:
+            notes[NOTE_PREFIX + key] = value
+        lease.metadata.annotations = notes
+        try:  # the read's resourceVersion makes this a compare-and-swap
+            kube.coordination.replace_namespaced_lease(
+                LEASE_NAME, ISTIO_NAMESPACE, lease, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as error:
+            if error.status == 409:
+                continue
+            raise
+        return True
+    raise UpgradeError(f"Lease {ISTIO_NAMESPACE}/{LEASE_NAME} kept changing; retry the task")
+
+
 def current(kube: Kube) -> Lock | None:
     lease = _read(kube)
     return None if lease is None else _lock_of(lease)
@@ -132,8 +170,9 @@ def _lease(holder: str, now: datetime, seconds: int, previous: Any) -> dict[str,
     acquired = now
     if previous is not None:
         metadata["resourceVersion"] = previous.metadata.resource_version
-        if _lock_of(previous).holder == holder and previous.spec.acquire_time:
-            acquired = previous.spec.acquire_time
+        if _lock_of(previous).holder == holder:  # a renewal keeps the run's start and notes
+            acquired = previous.spec.acquire_time or now
+            metadata["annotations"] = dict(previous.metadata.annotations or {})
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",

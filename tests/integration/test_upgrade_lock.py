@@ -65,3 +65,29 @@ def test_of_runs_racing_for_a_free_lock_exactly_one_wins(kube: cluster.Kube) -> 
         winners = [w for w in pool.map(take, [f"dag/run-{i}" for i in range(4)]) if w]
     current = upgrade_lock.current(kube)
     assert len(winners) == 1 and current is not None and current.holder == winners[0]
+
+
+def test_the_gate_keeps_its_counts_with_the_lock_of_its_run(kube: cluster.Kube) -> None:
+    """What a retried task must not lose (XComs are cleared then) lives on the run's Lease:
+    a renewal keeps it, another run neither sees nor writes it, the run's end removes it."""
+    from istio_upgrade import run_notes
+    from istio_upgrade.health import GateState
+
+    upgrade_lock.hold(kube, "dag/run-a", 60)
+    assert run_notes.saved_gate(kube, "dag/run-a") is None
+    counted = GateState(started_at=1_800_000_000.5, checks_done=3, checks_failed=1)
+    run_notes.save_gate(kube, "dag/run-a", counted)
+    upgrade_lock.hold(kube, "dag/run-a", 60)  # every task start renews the lock
+    assert run_notes.saved_gate(kube, "dag/run-a") == counted
+
+    assert run_notes.saved_gate(kube, "dag/run-b") is None  # not b's note
+    assert upgrade_lock.write_note(kube, "dag/run-b", run_notes.GATE, "{}") is False
+    assert run_notes.saved_gate(kube, "dag/run-a") == counted
+
+    run_notes.forget_gate(kube, "dag/run-a")  # the verdict was handed over: a clear starts afresh
+    assert run_notes.saved_gate(kube, "dag/run-a") is None
+
+    run_notes.save_gate(kube, "dag/run-a", counted)
+    upgrade_lock.release(kube, "dag/run-a")
+    upgrade_lock.hold(kube, "dag/run-b", 60)
+    assert run_notes.saved_gate(kube, "dag/run-b") is None  # a new run starts with no notes

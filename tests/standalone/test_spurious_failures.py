@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from istio_upgrade import approval
+from istio_upgrade import approval, cluster, run_notes, upgrade_lock
+from istio_upgrade.cluster import KubeTarget
 from standalone.standalone_stack import Stack, reseed
 
 pytestmark = pytest.mark.sandbox
@@ -95,12 +96,27 @@ def assert_completed_with_one_retry(stack: Stack, run_id: str, retried: str) -> 
     assert stack.xcom(run_id, "report")["phase"] == "completed"
 
 
-def test_a_gate_failed_by_airflow_while_baking_bakes_again(stack: Stack) -> None:
+def test_a_gate_failed_by_airflow_while_baking_goes_on_with_its_counts(stack: Stack) -> None:
     reseed(stack)
     run_id = stack.start(wave_concurrency=4, bake_seconds=15)
     wait_until(stack, run_id, "metric_gate", "deferred")
+    kube = cluster.connect(KubeTarget(kubeconfig=stack.box["KUBECONFIG"]))
+    holder = upgrade_lock.holder_of("istio_canary_upgrade", run_id)
+    end = time.monotonic() + 60
+    while (counted := run_notes.saved_gate(kube, holder)) is None or not counted.checks_done:
+        assert time.monotonic() < end, "the gate kept no count on the run's lock"
+        time.sleep(0.2)
     assert emulate_spurious_failure(stack, run_id, "metric_gate", "deferred") == "up_for_retry"
     assert_completed_with_one_retry(stack, run_id, "metric_gate")
+    gate = stack.xcom(run_id, "metric_gate")
+    # the retry went on from the first try's checks and bake start, it did not start over
+    assert gate["checks_done"] > counted.checks_done, (counted, gate)
+    folder = (
+        stack.airflow_home / "logs" / "dag_id=istio_canary_upgrade" / f"run_id={run_id}"
+        / "task_id=metric_gate"
+    )  # fmt: skip
+    retried = "\n".join(p.read_text() for p in sorted(folder.glob("attempt=2*.log")))
+    assert "gate resumed from an earlier try" in retried, retried[-3000:]
 
 
 def test_a_namespace_failed_by_airflow_while_waiting_for_its_wave_still_moves(
@@ -125,12 +141,12 @@ def test_an_approval_failed_by_airflow_asks_again(stack: Stack) -> None:
     state = emulate_spurious_failure(stack, run_id, "approve_canary", "awaiting_input")
     assert state == "up_for_retry"
     wait_until(stack, run_id, "approve_canary", "awaiting_input")  # asked again
+    path = f"/api/v2/dags/istio_canary_upgrade/dagRuns/{run_id}/taskInstances/approve_canary"
     # Answer as a person would, not within a second of the question: Airflow 3.3.2 fails an
     # approval answered before the executor has reported the try that asked (its "success"
     # then finds the task queued again: apache/airflow#71172). Seen here in CI, answering at
     # once; a real answer comes minutes later.
     time.sleep(ANSWER_AFTER_SECONDS)
-    path = f"/api/v2/dags/istio_canary_upgrade/dagRuns/{run_id}/taskInstances/approve_canary"
     stack.api.call(
         "PATCH", f"{path}/-1/hitlDetails", {"chosen_options": [approval.APPROVE],
                                              "params_input": {}}

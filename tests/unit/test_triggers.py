@@ -149,19 +149,16 @@ def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
 ) -> None:
     """A restarted triggerer builds the trigger again from its arguments: the failed checks
     counted before must still count (else every restart would extend a failing gate)."""
-    from istio_upgrade import health, run_state
+    from istio_upgrade import health, run_notes, triggers
     from istio_upgrade.triggers import MetricGateTrigger
 
-    xcom: dict[int, Any] = {}
-
-    async def push(key: str, value: Any, *ti_key: Any) -> None:
-        xcom[ti_key[-1]] = value
-
-    async def read(key: str, dag_id: str, run_id: str, task_id: str, indexes: Any) -> Any:
-        return {i: xcom[i] for i in indexes if i in xcom}
-
-    monkeypatch.setattr(run_state, "push_xcom", push)
-    monkeypatch.setattr(run_state, "xcoms", read)
+    # the run's lock (a Lease) stands in as a dict: run_notes is tested against the real one
+    notes: dict[str, health.GateState] = {}
+    monkeypatch.setattr(triggers, "_kube_for", lambda conn_id: None)
+    monkeypatch.setattr(
+        run_notes, "save_gate", lambda kube, holder, state: notes.update({holder: state})
+    )
+    monkeypatch.setattr(run_notes, "saved_gate", lambda kube, holder: notes.get(holder))
     checked_at = every_check_breaches(monkeypatch)
     params = gate_params(failure_limit=3, bake_seconds=600)
     _, kwargs = MetricGateTrigger(
@@ -170,7 +167,8 @@ def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
         params.to_dict(),
         # deferred a while ago: a trigger starting now may be a restarted one
         health.GateState(started_at=time.time() - 60).to_dict(),
-        ti_key=["istio_canary_upgrade", "manual__1", "metric_gate", -1],
+        conn_id="kubernetes_default",
+        lock_holder="istio_canary_upgrade/manual__1",
     ).serialize()
 
     async def killed_after_one_check() -> None:
@@ -178,7 +176,7 @@ def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
             await asyncio.wait_for(anext(MetricGateTrigger(**kwargs).run()), 0.5)
 
     asyncio.run(killed_after_one_check())
-    assert len(checked_at) == 1 and xcom[-1]["checks_failed"] == 1
+    assert len(checked_at) == 1 and notes["istio_canary_upgrade/manual__1"].checks_failed == 1
 
     checked_at.clear()
     event = first_event(MetricGateTrigger(**kwargs))
