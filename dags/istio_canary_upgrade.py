@@ -99,7 +99,7 @@ from istio_upgrade.operators import (
     pull_all,
     record_timing,
 )
-from istio_upgrade.params import PARAM_SPECS, TARGET_VARIABLE
+from istio_upgrade.params import TARGET_VARIABLE, form_params
 from istio_upgrade.retry_policies import (
     API_RETRY,
     DEFERRED_API_RETRY,
@@ -112,12 +112,7 @@ from istio_upgrade.upgrade_lock import holder_of
 
 T = TypeVar("T")
 
-PARAMS = {
-    name: Param(
-        spec.default, type=spec.type, title=spec.title, description=spec.description, **spec.schema
-    )
-    for name, spec in PARAM_SPECS.items()
-}
+PARAMS = {name: Param(**kwargs) for name, kwargs in form_params().items()}
 
 # Deployment settings from the environment (no Variable or cluster is read while parsing).
 WINDOWS = config.windows(os.environ)

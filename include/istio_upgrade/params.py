@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
@@ -16,13 +15,12 @@ from istio_upgrade.model import MeshSnapshot, WorkloadRef, points_at_tag, revisi
 from istio_upgrade.references import KeptBy, kept_by
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # PromQL durations: one or more number+unit pairs, largest unit first ("1m", "1m30s", "90s")
 PROMQL_DURATION = re.compile(
     r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
 )
 ISTIO_VERSION = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$")
-CONN_ID = re.compile(r"^[\w.-]{1,250}$")
+CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 # `istiod-<revision>` names a Service, which must be a DNS label: 63 - len("istiod-")
 MAX_REVISION_LEN = 56
 # A manual window longer than a week is a typo (seconds typed as minutes), not a window
@@ -37,10 +35,26 @@ IMAGE_REPOSITORY = re.compile(
 # Where a run without target_revision finds it: this Airflow Variable, then the DAG's default
 TARGET_VARIABLE = "istio_upgrade_target_revision"
 
-# JSON-schema fragments shared by the table below (Airflow validates Params with jsonschema)
+# JSON-schema fragments shared by the table below (Airflow validates Params with jsonschema).
+# The patterns are the ones the Python checks use, written to mean the same in Python's `re`
+# and in the browser's (ECMAScript) regular expressions, so the form and `validate` agree
+# (tests/unit/test_param_form.py).
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN = rf"{_LABEL}(\.{_LABEL})*"
+# 'namespace/deployment': a label of at most 63 characters, then a DNS subdomain
+GATEWAY = re.compile(rf"^(?=[^/]{{1,63}}/){_LABEL}/{_SUBDOMAIN}$")
+# a PromQL duration with at least one non-zero figure
+POSITIVE_DURATION = re.compile(r"^(?=.*[1-9])" + PROMQL_DURATION.pattern[1:])
+# istioctl: empty, a full version, or a path (one line, not something like a bare '1.31')
+ISTIOCTL_SPEC = re.compile(r"^(?:[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?|(?!v?[0-9.]+$)[^\n]*)$")
+ONE_PATH = re.compile(r"^[^\n\x00]*$")  # a file path on one line
+# http(s)://host[:port][/path], no credentials, query or fragment
+BASE_URL = re.compile(r"^https?://[^/?#\s:@]+(:[0-9]+)?(/[^?#\s]*)?$")
 _REVISION_OR_EMPTY = {"pattern": rf"^$|^{_LABEL}$", "maxLength": MAX_REVISION_LEN}
-_NAMESPACES = {"items": {"type": "string", "pattern": rf"^{_LABEL}$", "maxLength": 63}}
+_NAMESPACES = {
+    "items": {"type": "string", "pattern": rf"^{_LABEL}$", "maxLength": 63},
+    "uniqueItems": True,
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,7 @@ PARAM_SPECS: Mapping[str, ParamSpec] = MappingProxyType(
             "istioctl",
             "Path of the istioctl binary that installs the target, or its version such as "
             "'1.31.0'. Empty: resolved from the version spelled by target_revision.",
+            {"pattern": ISTIOCTL_SPEC.pattern},
         ),
         "current_revision": ParamSpec(
             "",
@@ -132,7 +147,7 @@ PARAM_SPECS: Mapping[str, ParamSpec] = MappingProxyType(
             "Gateways",
             "Injected gateway Deployments restarted in place right after the tag moves, as "
             "'namespace/deployment'. Empty list: the mesh has no gateway to restart.",
-            {"items": {"type": "string", "pattern": r"^[a-z0-9][-a-z0-9]*/[a-z0-9][-.a-z0-9]*$"}},
+            {"items": {"type": "string", "pattern": GATEWAY.pattern}, "uniqueItems": True},
         ),
         "wave_concurrency": ParamSpec(
             2,
@@ -185,7 +200,7 @@ PARAM_SPECS: Mapping[str, ParamSpec] = MappingProxyType(
             "Metric window",
             "PromQL range each check averages over, such as '1m' or '90s'; keep it at least "
             "twice the Prometheus scrape interval.",
-            {"pattern": r"^(\d+(ms|s|m|h|d|w|y))+$"},
+            {"pattern": POSITIVE_DURATION.pattern},
         ),
         "compare_baseline": ParamSpec(
             True,
@@ -231,6 +246,7 @@ PARAM_SPECS: Mapping[str, ParamSpec] = MappingProxyType(
             "Path of an IstioOperator overlay file on the Airflow worker, passed to "
             "'istioctl install -f' (istioctl_runner 'local' only). Empty: istioctl's defaults "
             "plus the revision.",
+            {"pattern": ONE_PATH.pattern},
         ),
         "dry_run": ParamSpec(
             False,
@@ -257,14 +273,14 @@ PARAM_SPECS: Mapping[str, ParamSpec] = MappingProxyType(
             "string",
             "Kubernetes connection",
             "Airflow connection id of the cluster to upgrade.",
-            {"minLength": 1},
+            {"pattern": CONN_ID.pattern},
         ),
         "prometheus_url": ParamSpec(
             "http://127.0.0.1:19090",
             "string",
             "Prometheus URL",
             "Base URL of the Prometheus that scrapes the mesh's Istio standard metrics.",
-            {"pattern": r"^https?://"},
+            {"pattern": BASE_URL.pattern},
         ),
         "window_minutes": ParamSpec(
             0,
@@ -321,9 +337,60 @@ PARAM_SPECS: Mapping[str, ParamSpec] = MappingProxyType(
             "istioctl image",
             "Image repository, without tag, for istioctl_runner 'pod': the official one or "
             "your registry's mirror of it. The tag is the Istio version.",
+            {"pattern": IMAGE_REPOSITORY.pattern},
         ),
     }
 )
+
+
+# The trigger form's sections, in order (Airflow groups fields by their schema's `section`).
+FORM_SECTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "Target": (
+            "target_revision",
+            "current_revision",
+            "tag",
+            "istioctl",
+            "install_profile",
+            "install_overlay",
+            "dry_run",
+        ),
+        "Canary and gate": (
+            "canary_namespaces",
+            "gateways",
+            "rollout_timeout_seconds",
+            "bake_seconds",
+            "check_interval_seconds",
+            "failure_limit",
+            "metric_window",
+            "min_success_rate",
+            "max_p99_ms",
+            "compare_baseline",
+            "baseline_success_drop",
+            "baseline_p99_ratio",
+            "on_failure",
+            "remove_new_revision_on_rollback",
+        ),
+        "Waves and window": (
+            "include_namespaces",
+            "exclude_namespaces",
+            "wave_concurrency",
+            "window_minutes",
+        ),
+        "Approval": ("require_approval", "approval_timeout_seconds", "approval_default"),
+        "istioctl runner": ("istioctl_runner", "istioctl_image"),
+        "Connections": ("kubernetes_conn_id", "prometheus_url"),
+    }
+)
+
+
+def form_params() -> dict[str, dict[str, Any]]:
+    """Every param's `Param` keyword arguments, section by section in form order."""
+    return {
+        name: {**PARAM_SPECS[name].param_kwargs(), "section": section}
+        for section, names in FORM_SECTIONS.items()
+        for name in names
+    }
 
 
 @dataclass(frozen=True)
@@ -639,7 +706,7 @@ def _check_istioctl(value: str, target: str) -> str:
                 f"set istioctl to {spelled!r} or target_revision to {label_suggestion(value)!r}",
             )
         return value
-    if re.fullmatch(r"v?[\d.]+", value) or "\n" in value:
+    if not ISTIOCTL_SPEC.fullmatch(value):
         raise ParamError(
             "istioctl",
             value,
@@ -651,8 +718,7 @@ def _check_istioctl(value: str, target: str) -> str:
 
 def _check_gateways(items: tuple[str, ...]) -> tuple[str, ...]:
     for item in items:
-        ns, _, name = item.partition("/")
-        if not (DNS_LABEL.match(ns) and len(ns) <= 63 and DNS_SUBDOMAIN.match(name)):
+        if not GATEWAY.match(item):
             raise ParamError(
                 "gateways",
                 list(items),
@@ -675,7 +741,7 @@ def _check_window(value: str) -> str:
 
 
 def _check_overlay(value: str) -> str:
-    if "\n" in value or "\x00" in value:
+    if not ONE_PATH.match(value):
         raise ParamError(
             "install_overlay", value, "is not one file path", "give e.g. '/opt/overlay.yaml'"
         )
@@ -706,8 +772,7 @@ def _check_conn_id(value: str) -> str:
 
 
 def _check_url(value: str) -> str:
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+    if not BASE_URL.match(value):
         raise ParamError(
             "prometheus_url",
             value,

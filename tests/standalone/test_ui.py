@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from istio_upgrade.params import PARAM_SPECS
+from istio_upgrade.params import FORM_SECTIONS, PARAM_SPECS
 from standalone.standalone_stack import OUT, Stack, UiRun
 
 pytestmark = pytest.mark.sandbox
@@ -25,14 +25,20 @@ def test_trigger_form_shows_every_param_with_its_description(page: Any, ui_run: 
     page.get_by_role("button", name="Trigger").first.click()
     form = page.get_by_role("dialog")
     expect(form.get_by_text(f"Trigger Dag - {DAG_ID}")).to_be_visible()
-    expect(form.get_by_text("Run Parameters")).to_be_visible()
 
-    for name, spec in PARAM_SPECS.items():
-        # The label is the title, with a '*' when the param is required.
-        title = form.get_by_text(re.compile(rf"^{re.escape(spec.title)}\s*\*?$")).first
-        expect(title, f"param {name!r}: title {spec.title!r}").to_be_visible()
-        description = form.get_by_text(spec.description, exact=True)
-        expect(description, f"param {name!r}: its description").to_be_visible()
+    for section, names in FORM_SECTIONS.items():
+        # each section is a fold of the form: open it as a person would
+        fold = form.get_by_role("button", name=section, exact=True)
+        expect(fold, f"section {section!r}").to_be_visible()
+        if fold.get_attribute("aria-expanded") != "true":
+            fold.click()
+        for name in names:
+            spec = PARAM_SPECS[name]
+            # The label is the title, with a '*' when the param is required.
+            title = form.get_by_text(re.compile(rf"^{re.escape(spec.title)}\s*\*?$")).first
+            expect(title, f"param {name!r}: title {spec.title!r}").to_be_visible()
+            description = form.get_by_text(spec.description, exact=True)
+            expect(description, f"param {name!r}: its description").to_be_visible()
 
     form.locator("#element_target_revision").fill("1-32-0")
     expect(form.get_by_role("button", name="Trigger")).to_be_enabled()

@@ -78,6 +78,7 @@ def test_table_and_dataclass_declare_the_same_params_in_the_same_order() -> None
 JSON_SCHEMA_KEYWORDS = {
     "default", "type", "title", "description", "pattern", "minLength", "maxLength", "minimum",
     "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "items", "format", "examples",
+    "uniqueItems", "section",
 }  # fmt: skip
 
 
