@@ -57,10 +57,13 @@ default). Without `require_approval` the task is skipped and the gate alone deci
 
 #### Retries
 Kubernetes API and Prometheus calls retry (3, from 10 s, doubling); istioctl actions retry
-less often and later (2, from 30 s); validation, verifications, the gate, the approval and
-the rollout waits do not retry, so a finding is never retried away, and a refusal raised on
-purpose (bad params, a revision in use, a failed rollout) fails at once even where retries
-are allowed.
+less often and later (2, from 30 s); prechecks, verifications, the gate, the approval and
+the rollout waits retry once, and only for an error that is not their finding (Airflow can
+fail a try by itself): a finding is never retried away, and a refusal raised on purpose (bad
+params, a revision in use, a failed rollout) fails at once even where retries are allowed.
+A retried rollout wait keeps its deadline, a retried gate goes on with the checks it counted
+(kept on the run's Lease), a retried approval asks again. A task killed mid-way is retried
+without redoing what it did (a restart carries the run's stamp).
 """
 
 from __future__ import annotations
