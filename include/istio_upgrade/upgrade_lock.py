@@ -124,8 +124,10 @@ def write_note(kube: Kube, holder: str, key: str, value: str | None) -> bool:
         if lease is None or _lock_of(lease).holder != holder:
             return False
         notes = dict(lease.metadata.annotations or {})
+        if notes.get(NOTE_PREFIX + key) == value:
+            return True  # already so: no write (forgetting a note never written is common)
         if value is None:
-            notes.pop(NOTE_PREFIX + key, None)
+            notes.pop(NOTE_PREFIX + key)
         else:
             notes[NOTE_PREFIX + key] = value
         lease.metadata.annotations = notes
