@@ -15,6 +15,8 @@ import signal
 import time
 
 import pytest
+from integration.plain_deployment import plain_deployment
+from sandbox_fixture import wait_for
 
 from istio_upgrade import cluster
 from istio_upgrade.cluster import RESTART_ANNOTATION, Kube, KubeTarget
@@ -28,21 +30,6 @@ pytestmark = pytest.mark.sandbox
 
 CANARY = "bar"
 EXTRA_DEPLOYMENTS = 30  # restarted one by one: a window of a second or so to kill in
-
-
-def deployment(name: str) -> dict[str, object]:
-    labels = {"app": name}
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "app", "image": f"{name}:1"}]},
-            },
-        },
-    }
 
 
 def generations(kube: Kube) -> dict[str, int]:
@@ -88,13 +75,14 @@ def test_a_task_killed_mid_restart_is_retried_without_restarting_twice(stack: St
     kube = cluster.connect(KubeTarget(kubeconfig=stack.box["KUBECONFIG"]))
     names = [f"it-killed-{i:02d}" for i in range(EXTRA_DEPLOYMENTS)]
     for name in names:
-        kube.apps.create_namespaced_deployment(CANARY, deployment(name))
+        kube.apps.create_namespaced_deployment(CANARY, plain_deployment(name))
     refs = [WorkloadRef("Deployment", CANARY, n) for n in names]
     try:
-        end = time.monotonic() + 120
-        while not all(s.complete for s in cluster.rollout_states(kube, refs)):
-            assert time.monotonic() < end, "the extra Deployments never rolled out"
-            time.sleep(0.5)
+        wait_for(
+            "the extra Deployments to roll out",
+            lambda: all(s.complete for s in cluster.rollout_states(kube, refs)),
+            120,
+        )
         before = generations(kube)
 
         run_id = stack.start(canary_namespaces=[CANARY], wave_concurrency=4)
