@@ -32,8 +32,10 @@ With `ISTIO_UPGRADE_WINDOWS` set (e.g. `Tue,Thu 02:00-04:00 Asia/Tokyo`; several
 split by `;`) a run starts when a maintenance window opens and its data interval is that
 window. Unset or empty: no schedule, runs are triggered by hand. A run with an empty
 `target_revision` takes the Airflow Variable `istio_upgrade_target_revision`, else
-`ISTIO_UPGRADE_TARGET_REVISION`. A run skips (and ends green) when the mesh already runs the
-target everywhere, or when it starts after its window has ended.
+`ISTIO_UPGRADE_TARGET_REVISION`; its other params are the defaults, which
+`ISTIO_UPGRADE_PARAM_DEFAULTS` (a JSON object) sets for the deployment. A run skips (and ends
+green) when the mesh already runs the target everywhere, or when it starts after its window
+has ended.
 
 #### Windows and pauses
 Before each wave, the run compares the time left in its window with the longest wave it
@@ -89,8 +91,11 @@ from airflow.sdk.exceptions import AirflowSkipException
 from maintenance_window import MaintenanceWindowTimetable
 
 from istio_upgrade import config, tasks
+from istio_upgrade.approval import Answer
 from istio_upgrade.deadline import WavesPaused, WindowClosed
 from istio_upgrade.errors import NothingToDo, OldRevisionKept
+from istio_upgrade.health import GateResult, MetricCheck
+from istio_upgrade.model import WorkloadRef
 from istio_upgrade.operators import (
     CanaryApproval,
     CanaryUpgrade,
@@ -102,7 +107,8 @@ from istio_upgrade.operators import (
     pull_all,
     record_timing,
 )
-from istio_upgrade.params import TARGET_VARIABLE, form_params
+from istio_upgrade.params import TARGET_VARIABLE, ResolvedParams, form_params
+from istio_upgrade.report import Prechecked, RunReport
 from istio_upgrade.retry_policies import (
     API_RETRY,
     DEFERRED_API_RETRY,
@@ -111,13 +117,16 @@ from istio_upgrade.retry_policies import (
     NO_RETRY,
     VERDICT_RETRY,
 )
+from istio_upgrade.steps import Verified
 from istio_upgrade.upgrade_lock import holder_of
+from istio_upgrade.waves import NamespaceOutcome, WaveItem
 
 T = TypeVar("T")
 
-PARAMS = {name: Param(**kwargs) for name, kwargs in form_params().items()}
-
 # Deployment settings from the environment (no Variable or cluster is read while parsing).
+PARAMS = {
+    name: Param(**kwargs) for name, kwargs in form_params(config.param_defaults(os.environ)).items()
+}
 WINDOWS = config.windows(os.environ)
 SCHEDULE = MaintenanceWindowTimetable(*WINDOWS) if WINDOWS else None
 DEFAULT_TARGET = config.default_target(os.environ)
@@ -163,7 +172,7 @@ def _run_id() -> str:
     return str(get_current_context()["run_id"])
 
 
-def _outcomes() -> list[dict[str, Any]]:
+def _outcomes() -> list[NamespaceOutcome]:
     """How each namespace of the waves ended (XCom `outcome` of every upgrade_namespace)."""
     return pull_all(get_current_context(), "upgrade_namespace", "outcome")
 
@@ -182,7 +191,7 @@ def _outcomes() -> list[dict[str, Any]]:
 def istio_canary_upgrade() -> None:
     @task(**API_RETRY)
     @timed
-    def validate() -> dict[str, Any]:
+    def validate() -> ResolvedParams:
         context = get_current_context()
         try:
             return tasks.validate(
@@ -202,37 +211,37 @@ def istio_canary_upgrade() -> None:
     # show_plan and precheck both follow validate and each skips itself in the other's mode
     # (a branch between would be one more task in a row).
     @task(**API_RETRY)
-    def show_plan(resolved: dict[str, Any]) -> str:
-        if not resolved["params"]["dry_run"]:
+    def show_plan(resolved: ResolvedParams) -> str:
+        if not resolved.params.dry_run:
             raise AirflowSkipException("not a dry run: the upgrade runs")
         return tasks.show_plan(resolved)
 
     @task(**VERDICT_RETRY)
     @timed
-    def precheck(resolved: dict[str, Any]) -> dict[str, Any]:
-        if resolved["params"]["dry_run"]:
+    def precheck(resolved: ResolvedParams) -> Prechecked:
+        if resolved.params.dry_run:
             raise AirflowSkipException("dry run: show_plan prints the plan, nothing changes")
         return tasks.precheck(resolved, _run_id())
 
     @task(**ISTIOCTL_RETRY)
     @timed
-    def install_revision(resolved: dict[str, Any]) -> bool:
+    def install_revision(resolved: ResolvedParams) -> bool:
         return tasks.install(resolved, _run_id())
 
     @task(**ISTIOCTL_RETRY)
     @timed
-    def move_tag(resolved: dict[str, Any]) -> bool:
+    def move_tag(resolved: ResolvedParams) -> bool:
         return tasks.move_tag(resolved, _run_id())
 
     @task(**API_RETRY)
-    def measure_baseline(resolved: dict[str, Any]) -> list[dict[str, Any]]:
+    def measure_baseline(resolved: ResolvedParams) -> list[MetricCheck]:
         return tasks.measure_baseline(resolved)
 
     @task.branch(trigger_rule=TriggerRule.ALL_DONE, **VERDICT_RETRY)
     def decide(
-        resolved: dict[str, Any] | None,
-        gate: dict[str, Any] | None,
-        answer: dict[str, Any] | None,
+        resolved: ResolvedParams | None,
+        gate: GateResult | None,
+        answer: Answer | None,
     ) -> list[str]:
         # ALL_DONE: a failure before the decision must still reach the rollback
         context = get_current_context()
@@ -242,11 +251,11 @@ def istio_canary_upgrade() -> None:
 
     @task(**API_RETRY)
     @timed
-    def remaining_namespaces(resolved: dict[str, Any]) -> list[dict[str, Any]]:
+    def remaining_namespaces(resolved: ResolvedParams) -> list[WaveItem]:
         return tasks.remaining_waves(resolved, conf.getint("core", "max_map_length"))
 
     @task(trigger_rule=TriggerRule.ALL_DONE, **API_RETRY)
-    def finish_waves(resolved: dict[str, Any], remaining: list[dict[str, Any]] | None) -> Any:
+    def finish_waves(resolved: ResolvedParams, remaining: list[WaveItem] | None) -> str:
         # ALL_DONE: wait for every namespace (a skipped one must not end the waves early).
         if remaining is None:
             raise AirflowSkipException("no waves in this run (rolled back or stopped before)")
@@ -258,7 +267,7 @@ def istio_canary_upgrade() -> None:
 
     @task(**ISTIOCTL_RETRY)
     @timed
-    def remove_old_revision(resolved: dict[str, Any]) -> str:
+    def remove_old_revision(resolved: ResolvedParams) -> str:
         # Both skips keep the old revision and end the run green; the report reads why.
         ti = get_current_context()["ti"]
         try:
@@ -273,24 +282,24 @@ def istio_canary_upgrade() -> None:
             raise AirflowSkipException(str(paused)) from paused
 
     @task_group
-    def rollback(resolved: dict[str, Any]) -> None:
+    def rollback(resolved: ResolvedParams) -> None:
         @task(**ISTIOCTL_RETRY)
         @timed
-        def move_tag_back(resolved: dict[str, Any]) -> bool:
+        def move_tag_back(resolved: ResolvedParams) -> bool:
             return tasks.move_tag(resolved, _run_id(), to_current=True)
 
         @task(**API_RETRY)
         @timed
-        def restart_moved(resolved: dict[str, Any]) -> list[dict[str, str]]:
+        def restart_moved(resolved: ResolvedParams) -> list[WorkloadRef]:
             return tasks.restart_moved_back(resolved, _run_id())
 
         @task(**VERDICT_RETRY)
         @timed
-        def verify_rolled_back(resolved: dict[str, Any]) -> dict[str, Any]:
+        def verify_rolled_back(resolved: ResolvedParams) -> Verified:
             return tasks.verify_rolled_back(resolved)
 
         @task(**ISTIOCTL_RETRY)
-        def remove_new_revision(resolved: dict[str, Any]) -> str:
+        def remove_new_revision(resolved: ResolvedParams) -> str:
             return tasks.remove_new_revision(resolved, _run_id())
 
         moved = restart_moved(resolved)
@@ -300,19 +309,20 @@ def istio_canary_upgrade() -> None:
         )
         waited >> verify_rolled_back(resolved) >> remove_new_revision(resolved)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, **API_RETRY)
+    # The report is plain JSON (a TypedDict), so not one XCom per key.
+    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False, **API_RETRY)
     def report(
-        resolved: dict[str, Any] | None,
-        pre: dict[str, Any] | None,
-        gate: dict[str, Any] | None,
-        answer: dict[str, Any] | None,
-    ) -> dict[str, Any]:
+        resolved: ResolvedParams | None,
+        pre: Prechecked | None,
+        gate: GateResult | None,
+        answer: Answer | None,
+    ) -> RunReport:
         # ALL_DONE: a run that failed half-way still reports where the mesh stands.
         if resolved is None or pre is None:
             raise AirflowSkipException("nothing ran against the cluster (dry run or bad params)")
         ti = get_current_context()["ti"]
         timings = {
-            tid: t["seconds"] for tid in STEPS if (t := ti.xcom_pull(task_ids=tid, key="timing"))
+            tid: t for tid in STEPS if (t := ti.xcom_pull(task_ids=tid, key="timing")) is not None
         }
         removal_held = ti.xcom_pull(task_ids="remove_old_revision", key="held")
         old_kept = ti.xcom_pull(task_ids="remove_old_revision", key="kept")
@@ -332,7 +342,7 @@ def istio_canary_upgrade() -> None:
         )
 
     @task(trigger_rule=TriggerRule.ALL_DONE, **VERDICT_RETRY)
-    def conclude(result: dict[str, Any] | None, resolved: dict[str, Any] | None) -> str:
+    def conclude(result: RunReport | None, resolved: ResolvedParams | None) -> str:
         # ALL_DONE: the run is green only when nothing in it failed (see tasks.conclude)
         try:
             return tasks.conclude(result, failed_tasks(get_current_context()))
@@ -382,7 +392,7 @@ def istio_canary_upgrade() -> None:
         task_id="upgrade_namespace",
         resolved=resolved,
         canary=canary.output,
-        map_index_template="{{ task.item['namespace'] }}",
+        map_index_template="{{ task.item.namespace }}",
         **DEFERRED_API_RETRY,
     ).expand(item=remaining)
     removed = remove_old_revision(resolved)

@@ -49,11 +49,12 @@ class MaintenanceWindowTimetable(Timetable):
         return describe(self.windows)
 
     def serialize(self) -> dict[str, Any]:
-        return {"windows": [window.to_dict() for window in self.windows]}
+        # each window as its spec, which parse reads back (and checks again)
+        return {"windows": [window.label for window in self.windows]}
 
     @classmethod
     def deserialize(cls, data: dict[str, Any]) -> MaintenanceWindowTimetable:
-        return cls(*(MaintenanceWindow.from_dict(window) for window in data["windows"]))
+        return cls(*data["windows"])
 
     def infer_manual_data_interval(self, *, run_after: pendulum.DateTime) -> DataInterval:
         """The window `run_after` falls in; outside every window none ("run now": zero length)."""

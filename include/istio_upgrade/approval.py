@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from istio_upgrade.health import HealthVerdict, figure
+from istio_upgrade.contracts import Contract, allow
+from istio_upgrade.health import GateResult, figure
 from istio_upgrade.params import ResolvedParams
 
 APPROVE = "Approve"
@@ -26,17 +27,23 @@ def default_option(approval_default: str) -> str:
     return APPROVE if approval_default == "approve" else REJECT
 
 
-def gate_passed(gate: Mapping[str, Any] | None) -> bool:
-    return gate is not None and gate.get("verdict") == HealthVerdict.PASSED.value
-
-
-def skip_reason(require_approval: bool, gate: Mapping[str, Any] | None) -> str | None:
+def skip_reason(require_approval: bool, gate: GateResult | None) -> str | None:
     """Why no one needs to be asked (the task is skipped), or None when someone must be."""
     if not require_approval:
         return "require_approval is off: the metric gate alone decides"
-    if not gate_passed(gate):
+    if gate is None or not gate.passed:
         return "the metric gate did not pass: the canary rolls back without asking"
     return None
+
+
+@dataclass(frozen=True)
+class Question:
+    """What a person is asked after the gate passed, and what counts without an answer."""
+
+    subject: str
+    body: str  # Markdown
+    default: str  # the option taken when nobody answers in time
+    timeout_seconds: int
 
 
 def subject(rp: ResolvedParams) -> str:
@@ -48,7 +55,7 @@ def subject(rp: ResolvedParams) -> str:
 
 def body(
     rp: ResolvedParams,
-    gate: Mapping[str, Any],
+    gate: GateResult,
     timeout_text: str,
     waves: Sequence[Sequence[str]],
 ) -> str:
@@ -58,9 +65,8 @@ def body(
     """
     canary = ", ".join(f"**{n}**" for n in rp.canary)
     rest = "; ".join(", ".join(wave) for wave in waves if wave)
-    checks: Sequence[Mapping[str, Any]] = gate.get("checks") or []
     lines = [
-        f"### Canary on `{rp.target_revision}`: metric gate {gate.get('verdict', '?')}",
+        f"### Canary on `{rp.target_revision}`: metric gate {gate.verdict}",
         "",
         f"The canary namespaces {canary} run revision `{rp.target_revision}` "
         f"(moving from `{rp.current_revision}`). Latest check:",
@@ -68,12 +74,12 @@ def body(
         "| Namespace | Metric | Value | Limit | Outcome |",
         "|---|---|---|---|---|",
         *(
-            f"| {c['namespace']} | {c['metric']} | {figure(c['metric'], c.get('value'))} "
-            f"| {figure(c['metric'], c.get('limit'))} | {c['outcome']} |"
-            for c in checks
+            f"| {c.namespace} | {c.metric} | {figure(c.metric, c.value)} "
+            f"| {figure(c.metric, c.limit)} | {c.outcome} |"
+            for c in gate.checks
         ),
         "",
-        f"{gate.get('message', '')}",
+        gate.message,
         "",
         f"- **{APPROVE}**: restart the remaining namespaces onto `{rp.target_revision}` in "
         f"waves of {rp.params.wave_concurrency} ({rest or 'none left'}), then "
@@ -92,7 +98,7 @@ def body(
 
 
 @dataclass(frozen=True)
-class Answer:
+class Answer(Contract):
     """What came back: the option, who chose it (None: nobody, the timeout default)."""
 
     option: str
@@ -109,21 +115,6 @@ class Answer:
             return f"no answer in time: approval_default {self.option!r} was taken"
         done = {APPROVE: "approved", REJECT: "rejected"}.get(self.option, repr(self.option))
         return f"{done} by {self.by}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict for XCom."""
-        return {
-            "option": self.option,
-            "by": self.by,
-            "timed_out": self.timed_out,
-            "approved": self.approved,
-            "message": self.message,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Answer:
-        """Inverse of `to_dict`."""
-        return cls(str(data["option"]), data.get("by"), bool(data.get("timed_out")))
 
 
 def answer_from(
@@ -143,20 +134,21 @@ class Verdict:
     reason: str
 
 
-def verdict(
-    require_approval: bool, gate: Mapping[str, Any] | None, answer: Mapping[str, Any] | None
-) -> Verdict:
+def verdict(require_approval: bool, gate: GateResult | None, answer: Answer | None) -> Verdict:
     """The gate must pass; with require_approval a person (or the default) must approve too."""
-    if not gate_passed(gate):
-        detail = (gate or {}).get("message") or "the metric gate gave no verdict"
-        return Verdict(False, str(detail))
-    gate_message = str((gate or {}).get("message", "gate passed"))
+    if gate is None:
+        return Verdict(False, "the metric gate gave no verdict")
+    if not gate.passed:
+        return Verdict(False, gate.message)
+    gate_message = gate.message
     if not require_approval:
         return Verdict(True, gate_message)
     if answer is None:
         # fail closed: approval was required, and no answer is on record
         return Verdict(False, "approval required, but no answer was recorded")
-    given = Answer.from_dict(answer)
-    if given.approved:
-        return Verdict(True, f"{gate_message}; {given.message}")
-    return Verdict(False, f"the canary passed its gate but was not approved: {given.message}")
+    if answer.approved:
+        return Verdict(True, f"{gate_message}; {answer.message}")
+    return Verdict(False, f"the canary passed its gate but was not approved: {answer.message}")
+
+
+allow(Answer)

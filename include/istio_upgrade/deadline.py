@@ -24,11 +24,10 @@ Pure arithmetic over plain data (epoch seconds, as the tasks record them in XCom
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
 
 from istio_upgrade.errors import UpgradeError
 
@@ -92,27 +91,6 @@ class Span:
     def seconds(self) -> float:
         return max(0.0, self.finished - self.started)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict for XCom."""
-        return {
-            "wave": self.wave,
-            "namespaces": list(self.namespaces),
-            "started": self.started,
-            "finished": self.finished,
-            "restarted": self.restarted,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Span:
-        """Inverse of `to_dict`."""
-        return cls(
-            wave=int(data["wave"]),
-            namespaces=tuple(data["namespaces"]),
-            started=float(data["started"]),
-            finished=float(data["finished"]),
-            restarted=int(data["restarted"]),
-        )
-
 
 def wave_seconds(spans: Iterable[Span]) -> dict[int, float]:
     """Per wave: first start to last finish of its namespaces that really moved in this run."""
@@ -153,15 +131,6 @@ class WaveCall:
     @property
     def start(self) -> bool:
         return self.call is Call.START
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict for XCom and the report."""
-        return {
-            "call": self.call.value,
-            "reason": self.reason,
-            "seconds_left": self.seconds_left,
-            "estimate_seconds": self.estimate_seconds,
-        }
 
 
 def call_wave(

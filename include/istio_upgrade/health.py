@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from istio_upgrade.contracts import Contract, allow
 from istio_upgrade.errors import MetricsUnavailable
 from istio_upgrade.params import UpgradeParams
 
@@ -132,7 +133,7 @@ def _sample_values(base_url: str, body: bytes) -> list[float]:
 
 
 @dataclass(frozen=True)
-class MetricCheck:
+class MetricCheck(Contract):
     """One metric of one namespace in one check: the figure, its limit and the outcome."""
 
     namespace: str
@@ -145,30 +146,6 @@ class MetricCheck:
     @property
     def ok(self) -> bool:
         return self.outcome is CheckOutcome.PASSED
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict for XCom and trigger events."""
-        return {
-            "namespace": self.namespace,
-            "metric": self.metric.value,
-            "value": self.value,
-            "limit": self.limit,
-            "outcome": self.outcome.value,
-            "message": self.message,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MetricCheck:
-        """Inverse of `to_dict`."""
-        value = data["value"]
-        return cls(
-            namespace=data["namespace"],
-            metric=Metric(data["metric"]),
-            value=None if value is None else float(value),
-            limit=float(data["limit"]),
-            outcome=CheckOutcome(data["outcome"]),
-            message=data["message"],
-        )
 
 
 def figure(metric: Metric | str, value: float | None, missing: str = "no data") -> str:
@@ -268,23 +245,22 @@ def run_check(
     return checks
 
 
-def baseline_of_json(checks: Iterable[Mapping[str, Any]]) -> Baseline | None:
-    """The baseline from its checks as they cross XCom (`MetricCheck.to_dict()`); None when
-    there is none to compare with."""
-    return baseline_from(MetricCheck.from_dict(c) for c in checks) or None
+def baseline_of(checks: Iterable[MetricCheck]) -> Baseline | None:
+    """The baseline from measure_baseline's checks; None when there is none to compare with."""
+    return baseline_from(checks) or None
 
 
 def baseline_from(checks: Iterable[MetricCheck]) -> dict[tuple[str, str], float]:
     """The figures to compare with later, from a check taken before the restart.
 
-    Tuple keys do not survive JSON: carry the baseline check through XCom as a list of
-    `MetricCheck.to_dict()` and rebuild the baseline with this where it is used.
+    Tuple keys do not survive JSON: the checks cross XCom, and the baseline is rebuilt from
+    them where it is used.
     """
     return {(c.namespace, c.metric.value): c.value for c in checks if c.value is not None}
 
 
 @dataclass(frozen=True)
-class GateState:
+class GateState(Contract):
     """The gate's counters (as Flagger's failedChecks): plain data the trigger carries along."""
 
     started_at: float  # epoch seconds when the bake time began
@@ -301,25 +277,6 @@ class GateState:
             checks_done=self.checks_done + 1,
             checks_failed=self.checks_failed + int(failed),
             last=tuple(checks),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict for the trigger's serialize() and XCom."""
-        return {
-            "started_at": self.started_at,
-            "checks_done": self.checks_done,
-            "checks_failed": self.checks_failed,
-            "last": [c.to_dict() for c in self.last],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GateState:
-        """Inverse of `to_dict`."""
-        return cls(
-            started_at=float(data["started_at"]),
-            checks_done=int(data["checks_done"]),
-            checks_failed=int(data["checks_failed"]),
-            last=tuple(MetricCheck.from_dict(c) for c in data.get("last", ())),
         )
 
 
@@ -353,12 +310,42 @@ def check_gate(
     return next_state(state, checks, time.time(), params)
 
 
+@dataclass(frozen=True)
+class GateResult(Contract):
+    """The metric gate's verdict, what the approval, `decide` and the report read.
+
+    The verdict is the task's result, not its state: a failed gate leads to the rollback.
+    """
+
+    verdict: HealthVerdict  # PASSED or FAILED
+    message: str
+    checks: tuple[MetricCheck, ...]  # the latest check
+    checks_done: int
+    checks_failed: int
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict is HealthVerdict.PASSED
+
+    @classmethod
+    def of_event(cls, event: Mapping[str, Any]) -> GateResult:
+        """From the trigger's event (`gate_event`)."""
+        state = GateState.from_json(event["state"])
+        return cls(
+            HealthVerdict(event["status"]),
+            str(event["message"]),
+            state.last,
+            state.checks_done,
+            state.checks_failed,
+        )
+
+
 def gate_event(state: GateState, result: HealthVerdict, params: UpgradeParams) -> dict[str, Any]:
     """The gate's outcome as its trigger reports it (and the sensor reads it)."""
     return {
         "status": str(result),
         "message": describe(state, result, params),
-        "state": state.to_dict(),
+        "state": state.to_json(),
     }
 
 
@@ -370,3 +357,6 @@ def describe(state: GateState, result: HealthVerdict, params: UpgradeParams) -> 
     )
     bad = [c.message for c in state.last if not c.ok]
     return head + ("; " + "; ".join(bad) if bad else "")
+
+
+allow(MetricCheck, GateState, GateResult)

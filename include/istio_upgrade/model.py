@@ -1,10 +1,12 @@
-"""Domain types that cross task boundaries (as dicts in XCom) and pure questions over them."""
+"""Domain types of the mesh (some cross task boundaries in XCom) and pure questions over them."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from istio_upgrade.contracts import Contract, allow
 
 SIDECAR_STATUS = "sidecar.istio.io/status"
 PROXY_CONTAINER = "istio-proxy"
@@ -27,7 +29,7 @@ class UpgradePhase(StrEnum):
 
 
 @dataclass(frozen=True)
-class WorkloadRef:
+class WorkloadRef(Contract):
     """A restartable controller (Deployment, StatefulSet or DaemonSet)."""
 
     kind: str
@@ -153,3 +155,6 @@ def revision_version(revision: str) -> str | None:
     if len(parts) == 3 and all(p.isdigit() for p in parts):
         return ".".join(str(int(p)) for p in parts)
     return None
+
+
+allow(WorkloadRef)

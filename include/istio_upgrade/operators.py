@@ -17,7 +17,6 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from istio_upgrade import approval, cluster, health, run_notes, tasks, upgrade_lock, waves
 from istio_upgrade.connections import kube_target
-from istio_upgrade.deadline import Span
 from istio_upgrade.errors import RolloutFailed
 from istio_upgrade.model import WorkloadRef
 from istio_upgrade.params import ResolvedParams
@@ -32,7 +31,7 @@ def record_timing(context: Context) -> None:
     ti = context["ti"]
     first = ti.get_first_reschedule_date(context) or ti.start_date
     seconds = (datetime.now(UTC) - first).total_seconds() if first else 0.0
-    ti.xcom_push("timing", {"seconds": round(seconds, 1)})
+    ti.xcom_push("timing", round(seconds, 1))
 
 
 def pull_all(context: Context, task_id: str, key: str = "return_value") -> list[Any]:
@@ -77,7 +76,7 @@ class RolloutSensor(BaseOperator):
         self.resolved = resolved
         self.poll_seconds = poll_seconds
 
-    def start(self, context: Context) -> list[dict[str, str]]:
+    def start(self, context: Context) -> list[WorkloadRef]:
         """The workloads to wait for (here: as given)."""
         return list(self.workloads or [])
 
@@ -93,11 +92,11 @@ class RolloutSensor(BaseOperator):
 
     def waited_for(self, context: Context) -> str:
         """What the task waits for, to name in a failure."""
-        return ", ".join(str(WorkloadRef(**w)) for w in self.workloads)
+        return ", ".join(map(str, self.workloads))
 
     def execute(self, context: Context) -> Any:
-        rp = ResolvedParams.from_dict(self.resolved)
-        refs = [WorkloadRef(**w) for w in self.start(context)]
+        rp: ResolvedParams = self.resolved
+        refs = self.start(context)
         kube = cluster.connect(kube_target(rp.params.kubernetes_conn_id))
         states = cluster.rollout_states(kube, refs)
         # Already done (a retry, a re-run, or nothing to restart): no need to defer at all.
@@ -112,7 +111,7 @@ class RolloutSensor(BaseOperator):
         self.defer(
             trigger=RolloutTrigger(
                 rp.params.kubernetes_conn_id,
-                [r.__dict__ for r in refs],
+                [r.to_json() for r in refs],
                 deadline=began + rp.params.rollout_timeout_seconds,
                 poll_seconds=self.poll_seconds,
                 run_key=[context["ti"].dag_id, context["ti"].run_id],
@@ -137,12 +136,11 @@ class GatewayUpgrade(RolloutSensor):
 
     template_fields = ("resolved",)
 
-    def start(self, context: Context) -> list[dict[str, str]]:
+    def start(self, context: Context) -> list[WorkloadRef]:
         return tasks.restart_gateways(self.resolved, str(context["run_id"]))
 
     def waited_for(self, context: Context) -> str:
-        rp = ResolvedParams.from_dict(self.resolved)
-        return ", ".join(map(str, rp.params.gateway_refs))
+        return ", ".join(map(str, self.resolved.params.gateway_refs))
 
     def verify(self, context: Context, message: str) -> Any:
         return tasks.verify_gateways(self.resolved)
@@ -158,18 +156,18 @@ class CanaryUpgrade(RolloutSensor):
 
     template_fields = ("resolved",)
 
-    def start(self, context: Context) -> list[dict[str, str]]:
-        restart = tasks.restart_namespaces(self.resolved, str(context["run_id"]))
+    def start(self, context: Context) -> list[WorkloadRef]:
+        restart = tasks.restart_canary(self.resolved, str(context["run_id"]))
         context["ti"].xcom_push("restart", restart)
-        return list(restart["workloads"])
+        return list(restart.workloads)
 
     def waited_for(self, context: Context) -> str:
-        return "the canary namespaces " + ", ".join(ResolvedParams.from_dict(self.resolved).canary)
+        return "the canary namespaces " + ", ".join(self.resolved.canary)
 
     def verify(self, context: Context, message: str) -> Any:
         ti = context["ti"]
         restart = ti.xcom_pull(task_ids=self.task_id, key="restart", map_indexes=ti.map_index)
-        return tasks.verify_namespaces(self.resolved, restart=restart)
+        return tasks.verify_canary(self.resolved, restart)
 
 
 class MetricGateSensor(BaseOperator):
@@ -188,8 +186,10 @@ class MetricGateSensor(BaseOperator):
         self.baseline = baseline
 
     def execute(self, context: Context) -> Any:
-        rp = ResolvedParams.from_dict(self.resolved)
-        baseline = (self.baseline or []) if rp.params.compare_baseline else []
+        rp: ResolvedParams = self.resolved
+        baseline: list[health.MetricCheck] = (
+            (self.baseline or []) if rp.params.compare_baseline else []
+        )
         self.log.info(
             "gate namespaces=%s bake=%ss interval=%ss failure_limit=%d",
             ",".join(rp.canary),
@@ -219,7 +219,7 @@ class MetricGateSensor(BaseOperator):
                 list(rp.canary),
                 rp.params,
                 state,
-                health.baseline_of_json(baseline),
+                health.baseline_of(baseline),
             )
             if found is not health.HealthVerdict.PENDING:
                 return self.execute_complete(context, health.gate_event(state, found, rp.params))
@@ -229,9 +229,9 @@ class MetricGateSensor(BaseOperator):
             trigger=MetricGateTrigger(
                 rp.params.prometheus_url,
                 list(rp.canary),
-                rp.params.to_dict(),
-                state.to_dict(),
-                baseline,
+                rp.params.to_json(),
+                state.to_json(),
+                [c.to_json() for c in baseline],
                 conn_id=rp.params.kubernetes_conn_id,
                 lock_holder=rp.lock_holder,
             ),
@@ -244,19 +244,13 @@ class MetricGateSensor(BaseOperator):
             return None
         return cluster.connect(kube_target(rp.params.kubernetes_conn_id))
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> health.GateResult:
         self.log.info("gate verdict=%s %s", event["status"], event["message"])
-        rp = ResolvedParams.from_dict(self.resolved)
+        rp: ResolvedParams = self.resolved
         if kube := self._kube(rp):
             run_notes.forget_gate(kube, rp.lock_holder)
         record_timing(context)
-        return {
-            "verdict": event["status"],
-            "message": event["message"],
-            "checks": event["state"]["last"],
-            "checks_done": event["state"]["checks_done"],
-            "checks_failed": event["state"]["checks_failed"],
-        }
+        return health.GateResult.of_event(event)
 
 
 class CanaryApproval(HITLOperator):
@@ -265,7 +259,7 @@ class CanaryApproval(HITLOperator):
     Skipped (no one is asked) when require_approval is off or the gate failed. The question
     shows the canary's figures; the options are Approve and Reject; without an answer
     within approval_timeout_seconds the scheduler records approval_default. The answer is
-    the result (a plain dict), not the task state: the `decide` branch weighs it with the
+    the result (an `approval.Answer`), not the task state: the `decide` branch weighs it with the
     gate's verdict, so Reject leads to the rollback instead of skipping everything after.
     On Airflow 3.3 the task waits in the awaiting_input state (no worker, no triggerer).
     """
@@ -285,21 +279,23 @@ class CanaryApproval(HITLOperator):
         self.gate = gate
 
     def execute(self, context: Context) -> Any:
-        question = tasks.approval_question(self.resolved, self.gate)
-        if question["skip"]:
-            raise AirflowSkipException(question["skip"])
-        self.subject = question["subject"]
-        self.body = question["body"]
-        self.defaults = [question["default"]]
-        self.response_timeout = timedelta(seconds=question["timeout_seconds"])
+        rp: ResolvedParams = self.resolved
+        skip = approval.skip_reason(rp.params.require_approval, self.gate)
+        if skip:
+            raise AirflowSkipException(skip)
+        question = tasks.approval_question(rp, self.gate)
+        self.subject = question.subject
+        self.body = question.body
+        self.defaults = [question.default]
+        self.response_timeout = timedelta(seconds=question.timeout_seconds)
         self.log.info(
             "asking for approval default=%s timeout=%ss",
-            question["default"],
-            question["timeout_seconds"],
+            question.default,
+            question.timeout_seconds,
         )
         return super().execute(context)
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> approval.Answer:
         response: Mapping[str, Any] = super().execute_complete(context=context, event=event)
         answer = approval.answer_from(
             response["chosen_options"],
@@ -307,7 +303,7 @@ class CanaryApproval(HITLOperator):
             timed_out=bool(event.get("timedout")),
         )
         self.log.info("approval option=%s by=%s", answer.option, answer.by or "nobody (timeout)")
-        return answer.to_dict()
+        return answer
 
 
 class NamespaceUpgrade(BaseOperator):
@@ -333,20 +329,20 @@ class NamespaceUpgrade(BaseOperator):
         self.poll_seconds = poll_seconds
 
     def execute(self, context: Context) -> None:
-        rp = ResolvedParams.from_dict(self.resolved)
+        rp: ResolvedParams = self.resolved
+        item: waves.WaveItem = self.item
         ti = context["ti"]
-        span = (self.canary or {}).get("span")
-        canary = Span.from_dict(span) if span else None
+        canary = self.canary.span if self.canary else None
         self.defer(
             trigger=NamespaceUpgradeTrigger(
                 conn_id=rp.params.kubernetes_conn_id,
                 dag_id=ti.dag_id,
                 run_id=ti.run_id,
                 upgrade_task_id=ti.task_id,
-                item=dict(self.item),
+                item=item.to_json(),
                 target=rp.target_revision,
                 stamp=restart_stamp(ti.run_id, rp.target_revision),
-                skip=[g.__dict__ for g in rp.params.gateway_refs],
+                skip=[g.to_json() for g in rp.params.gateway_refs],
                 rollout_timeout_seconds=rp.params.rollout_timeout_seconds,
                 window_end=datetime.fromisoformat(rp.window_end).timestamp()
                 if rp.window_end
@@ -361,18 +357,15 @@ class NamespaceUpgrade(BaseOperator):
 
     def execute_complete(self, context: Context, event: Any) -> None:
         if isinstance(event, dict) and event.get("status") == "failed":
-            item = waves.item_from_json(self.item)
             raise RolloutFailed(
-                f"namespace {item.namespace}",
+                f"namespace {self.item.namespace}",
                 str(event.get("message")),
                 "fix the cause (kubectl rollout status in that namespace), then clear this task "
                 "and the not-started upgrade_namespace tasks after it",
             )
         # Only under dag.test(): a real triggerer ended the task without coming back here.
-        outcome = waves.outcome_from_json(
-            context["ti"].xcom_pull(
-                task_ids=self.task_id, key="outcome", map_indexes=context["ti"].map_index
-            )
+        outcome: waves.NamespaceOutcome = context["ti"].xcom_pull(
+            task_ids=self.task_id, key="outcome", map_indexes=context["ti"].map_index
         )
         if outcome.state is not waves.State.MOVED:
             raise AirflowSkipException(outcome.reason)

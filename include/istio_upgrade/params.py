@@ -6,10 +6,11 @@ import difflib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from istio_upgrade.contracts import Contract, allow
 from istio_upgrade.errors import ParamError
 from istio_upgrade.model import MeshSnapshot, WorkloadRef, points_at_tag, revision_version
 from istio_upgrade.references import KeptBy, kept_by
@@ -66,6 +67,10 @@ class ParamSpec:
     title: str
     description: str
     schema: Mapping[str, Any] = field(default_factory=dict)  # further JSON-schema keywords
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON schema the trigger form checks a value with."""
+        return {"type": self.type, **self.schema}
 
     def param_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of airflow's `Param` (default included), JSON schema only."""
@@ -384,17 +389,22 @@ FORM_SECTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 
-def form_params() -> dict[str, dict[str, Any]]:
-    """Every param's `Param` keyword arguments, section by section in form order."""
+def form_params(defaults: Mapping[str, Any] = MappingProxyType({})) -> dict[str, dict[str, Any]]:
+    """Every param's `Param` keyword arguments, section by section in form order; `defaults`
+    (the deployment's, config.param_defaults) replace the DAG's own."""
     return {
-        name: {**PARAM_SPECS[name].param_kwargs(), "section": section}
+        name: {
+            **PARAM_SPECS[name].param_kwargs(),
+            "section": section,
+            **({"default": defaults[name]} if name in defaults else {}),
+        }
         for section, names in FORM_SECTIONS.items()
         for name in names
     }
 
 
 @dataclass(frozen=True)
-class UpgradeParams:
+class UpgradeParams(Contract):
     """The validated run parameters; tasks receive this, never the raw `params` mapping."""
 
     target_revision: str
@@ -444,19 +454,6 @@ class UpgradeParams:
         if ISTIO_VERSION.match(self.istioctl):
             return self.istioctl
         return None if self.istioctl else revision_version(self.target_revision)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict for XCom (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UpgradeParams:
-        """Inverse of `to_dict`; trusts its input, which `parse_params` already checked."""
-        return cls(**{f.name: _tuple_if_list(data[f.name]) for f in fields(cls) if f.name in data})
-
-
-def _tuple_if_list(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
 
 
 def window_seconds(window: str) -> float | None:
@@ -861,8 +858,9 @@ def with_target(
 
 
 @dataclass(frozen=True)
-class ResolvedParams:
-    """The params with every "discover" default filled in from the cluster as it was."""
+class ResolvedParams(Contract):
+    """The params with every "discover" default filled in from the cluster as it was: what
+    validate hands every task after it."""
 
     params: UpgradeParams
     current_revision: str
@@ -885,43 +883,6 @@ class ResolvedParams:
     @property
     def tag(self) -> str:
         return self.params.tag
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict for XCom."""
-        return {
-            "params": self.params.to_dict(),
-            "current_revision": self.current_revision,
-            "namespaces": list(self.namespaces),
-            "canary": list(self.canary),
-            "excluded": list(self.excluded),
-            "resumed": self.resumed,
-            "window_end": self.window_end,
-            "window_basis": self.window_basis,
-            "lock_holder": self.lock_holder,
-            "kept_by": {
-                "users": list(self.kept_by.users),
-                "namespaces": list(self.kept_by.namespaces),
-            },
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ResolvedParams:
-        """Inverse of `to_dict`."""
-        return cls(
-            params=UpgradeParams.from_dict(data["params"]),
-            current_revision=data["current_revision"],
-            namespaces=tuple(data["namespaces"]),
-            canary=tuple(data["canary"]),
-            excluded=tuple(data["excluded"]),
-            resumed=bool(data["resumed"]),
-            window_end=data.get("window_end"),
-            window_basis=data.get("window_basis", "no window"),
-            lock_holder=data.get("lock_holder", ""),
-            kept_by=KeptBy(
-                tuple(data.get("kept_by", {}).get("users", ())),
-                tuple(data.get("kept_by", {}).get("namespaces", ())),
-            ),
-        )
 
 
 def check_against_cluster(params: UpgradeParams, snapshot: MeshSnapshot) -> ResolvedParams:
@@ -1092,3 +1053,6 @@ def _few(names: list[str]) -> str:
 def _mesh_labels(labels: Mapping[str, str]) -> str:
     shown = {k: v for k, v in labels.items() if k in ("istio.io/rev", "istio-injection")}
     return ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "none"
+
+
+allow(UpgradeParams, ResolvedParams)

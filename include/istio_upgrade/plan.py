@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from istio_upgrade import progress
 from istio_upgrade.istioctl import install_args, precheck_args, tag_set_args, uninstall_args
@@ -25,25 +24,6 @@ class NamespacePlan:
     @property
     def needs_restart(self) -> bool:
         return bool(self.workloads)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict for XCom (and the mapped task group's expand)."""
-        return {
-            "name": self.name,
-            "workloads": [asdict(w) for w in self.workloads],
-            "already_on_target": self.already_on_target,
-            "unrestartable_pods": list(self.unrestartable_pods),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> NamespacePlan:
-        """Inverse of `to_dict`."""
-        return cls(
-            name=data["name"],
-            workloads=tuple(WorkloadRef(**w) for w in data["workloads"]),
-            already_on_target=bool(data["already_on_target"]),
-            unrestartable_pods=tuple(data["unrestartable_pods"]),
-        )
 
 
 def plan_namespace(
@@ -84,41 +64,6 @@ class UpgradePlan:
 
     def namespace(self, name: str) -> NamespacePlan | None:
         return next((n for n in self.namespaces if n.name == name), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict for XCom."""
-        return {
-            "current_revision": self.current_revision,
-            "target_revision": self.target_revision,
-            "tag": self.tag,
-            "gateways": list(self.gateways),
-            "canary": list(self.canary),
-            "waves": [list(w) for w in self.waves],
-            "skipped": list(self.skipped),
-            "commands": list(self.commands),
-            "namespaces": [n.to_dict() for n in self.namespaces],
-            "excluded": list(self.excluded),
-            "done": list(self.done),
-            "warnings": list(self.warnings),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UpgradePlan:
-        """Inverse of `to_dict`."""
-        return cls(
-            current_revision=data["current_revision"],
-            target_revision=data["target_revision"],
-            tag=data["tag"],
-            gateways=tuple(data["gateways"]),
-            canary=tuple(data["canary"]),
-            waves=tuple(tuple(w) for w in data["waves"]),
-            skipped=tuple(data["skipped"]),
-            commands=tuple(data["commands"]),
-            namespaces=tuple(NamespacePlan.from_dict(n) for n in data.get("namespaces", ())),
-            excluded=tuple(data.get("excluded", ())),
-            done=tuple(data.get("done", ())),
-            warnings=tuple(data.get("warnings", ())),
-        )
 
 
 def build_plan(resolved: ResolvedParams, snapshot: MeshSnapshot) -> UpgradePlan:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
-from pydantic import TypeAdapter
-
+from istio_upgrade.contracts import Contract, allow
 from istio_upgrade.health import MetricCheck, figure
 from istio_upgrade.model import MeshSnapshot, UpgradePhase
 from istio_upgrade.progress import revision_counts
@@ -39,15 +38,21 @@ class MeshSummary:
         )
 
 
-_SUMMARY = TypeAdapter(MeshSummary)
+@dataclass(frozen=True)
+class Prechecked(Contract):
+    """What precheck hands the report: istioctl's findings and the mesh before any change."""
+
+    output: str
+    before: MeshSummary
 
 
-def summary_to_json(summary: MeshSummary) -> dict[str, Any]:
-    return dict(_SUMMARY.dump_python(summary, mode="json"))
+class RunReport(TypedDict):
+    """The run's result (XCom `report`), read by `conclude` and by people: plain JSON, so the
+    UI and REST clients show it as it is, without this project's classes."""
 
-
-def summary_from_json(data: Any) -> MeshSummary:
-    return _SUMMARY.validate_python(data)
+    phase: str  # an UpgradePhase value
+    reason: str
+    text: str
 
 
 def revisions_text(counts: Mapping[str, int] | None) -> str:
@@ -136,3 +141,6 @@ def render_report(
     else:
         lines.append("  (none recorded)")
     return "\n".join(lines) + "\n"
+
+
+allow(Prechecked)

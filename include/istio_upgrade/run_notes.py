@@ -20,13 +20,13 @@ GATE = "gate"
 
 
 def save_gate(kube: Kube, holder: str, state: GateState) -> None:
-    upgrade_lock.write_note(kube, holder, GATE, json.dumps(state.to_dict()))
+    upgrade_lock.write_note(kube, holder, GATE, json.dumps(state.to_json()))
 
 
 def saved_gate(kube: Kube, holder: str) -> GateState | None:
     """The counters of a bake of this run that has not handed its verdict over yet."""
     text = upgrade_lock.note(kube, holder, GATE)
-    return None if text is None else GateState.from_dict(json.loads(text))
+    return None if text is None else GateState.from_json(json.loads(text))
 
 
 def forget_gate(kube: Kube, holder: str) -> None:

@@ -2,7 +2,7 @@
 
 Each step reads the cluster, compares it with the goal of the run and acts only on the
 difference, then reads its effect back: a retried task or a re-run DAG converges instead of
-repeating work. Inputs and outputs are plain data (dicts), as they cross task boundaries.
+repeating work. What a step returns for a later task is a `Contract` (it crosses XCom).
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from istio_upgrade import cluster, istioctl_pod, progress
 from istio_upgrade.cluster import Kube
+from istio_upgrade.contracts import Contract, allow
+from istio_upgrade.deadline import Span
 from istio_upgrade.errors import (
     ClusterStateError,
     NothingToDo,
@@ -197,9 +200,34 @@ def _namespaces(kube: Kube, names: Iterable[str]) -> list[NamespaceState]:
     return list(cluster.namespace_states(kube, names))
 
 
+@dataclass(frozen=True)
+class Verified(Contract):
+    """What a verification found: every pod of these namespaces or workloads runs `revision`.
+
+    For the canary, also the span of its move, which the window check estimates waves by.
+    """
+
+    revision: str
+    namespaces: tuple[str, ...] = ()
+    workloads: tuple[WorkloadRef, ...] = ()
+    proxy_versions: tuple[str, ...] = ()
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Restart(Contract):
+    """A restart of namespaces: the workloads to wait for, those restarted now
+    ("namespace/name"), and when it began (epoch seconds): the start of the span the window
+    check measures waves by."""
+
+    workloads: tuple[WorkloadRef, ...]
+    restarted: tuple[str, ...]
+    started: float
+
+
 def restart_namespaces(
     kube: Kube, names: Sequence[str], revision: str, stamp: str
-) -> list[dict[str, str]]:
+) -> list[WorkloadRef]:
     """Restart every workload in `names` whose pods are not all on `revision`.
 
     Returns every workload of those namespaces, restarted now or before, for the rollout
@@ -210,13 +238,13 @@ def restart_namespaces(
 
 def restart_and_count(
     kube: Kube, names: Sequence[str], revision: str, stamp: str
-) -> tuple[list[dict[str, str]], list[str]]:
+) -> tuple[list[WorkloadRef], list[str]]:
     """`restart_namespaces`, plus the workloads restarted by this call ("namespace/name").
 
     An empty second list means nothing moved now (already on `revision`, or a retry of a
     restart that already happened): such a restart measures nothing about how long one takes.
     """
-    waits: list[dict[str, str]] = []
+    waits: list[WorkloadRef] = []
     moved: list[str] = []
     for ns in _namespaces(kube, names):
         stuck = progress.unrestartable(ns)
@@ -236,13 +264,13 @@ def restart_and_count(
             ",".join(restarted) or "none",
             len(ns.workloads) - len(restarted),
         )
-        waits += [w.__dict__ for w in ns.workloads]
+        waits += ns.workloads
     return waits, moved
 
 
 def restart_workloads(
     kube: Kube, refs: Sequence[WorkloadRef], revision: str, stamp: str
-) -> list[dict[str, str]]:
+) -> list[WorkloadRef]:
     """Restart the given workloads (gateways) unless their pods already run `revision`.
 
     Returns the workloads restarted, for the rollout wait. One whose pods all run `revision`
@@ -255,7 +283,7 @@ def restart_workloads(
         ns = states.get(ref.namespace)
         if ns is not None and ref in progress.workloads_to_restart(ns, revision):
             cluster.restart(kube, ref, stamp)
-            restarted.append(ref.__dict__)
+            restarted.append(ref)
         else:
             log.info(
                 "restart skipped kind=%s namespace=%s name=%s reason=on-revision",
@@ -266,7 +294,7 @@ def restart_workloads(
     return restarted
 
 
-def verify_namespaces(kube: Kube, names: Sequence[str], revision: str) -> dict[str, Any]:
+def verify_namespaces(kube: Kube, names: Sequence[str], revision: str) -> Verified:
     """Every pod of a restartable workload in `names` runs `revision`; else fail naming them."""
     states = _namespaces(kube, names)
     wrong = [
@@ -295,10 +323,10 @@ def verify_namespaces(kube: Kube, names: Sequence[str], revision: str) -> dict[s
         revision,
         ",".join(versions),
     )
-    return {"namespaces": list(names), "revision": revision, "proxy_versions": versions}
+    return Verified(revision, namespaces=tuple(names), proxy_versions=tuple(versions))
 
 
-def verify_workloads(kube: Kube, refs: Sequence[WorkloadRef], revision: str) -> dict[str, Any]:
+def verify_workloads(kube: Kube, refs: Sequence[WorkloadRef], revision: str) -> Verified:
     """Every pod of the given workloads (gateways) runs `revision`."""
     wrong = []
     for ns in _namespaces(kube, {r.namespace for r in refs}):
@@ -314,7 +342,7 @@ def verify_workloads(kube: Kube, refs: Sequence[WorkloadRef], revision: str) -> 
             f"every pod on revision {revision}",
             "check the gateway injection template and the tag, then retry",
         )
-    return {"workloads": [r.__dict__ for r in refs], "revision": revision}
+    return Verified(revision, workloads=tuple(refs))
 
 
 def namespaces_on(kube: Kube, names: Sequence[str], revision: str) -> bool:
@@ -377,3 +405,6 @@ def uninstall(
 def revision_objects(kube: Kube, revision: str) -> list[str]:
     """The revision's own objects still present: Deployment, Service, injector webhook."""
     return cluster.revision_objects(kube, revision)
+
+
+allow(Verified, Restart)

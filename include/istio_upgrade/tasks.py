@@ -1,7 +1,7 @@
 """One function per DAG task: resolve the run's cluster and istioctl, then call its step.
 
-Inputs are the validated params (as the XCom dict of ResolvedParams) and the run id; outputs
-are plain JSON. The DAG file only wires these together.
+Inputs are the run's ResolvedParams (validate's result) and the run id; what a task hands
+a later one is a typed `Contract` (contracts.py). The DAG file only wires these together.
 """
 
 from __future__ import annotations
@@ -64,9 +64,8 @@ class Run:
         return self.rp.current_revision
 
 
-def _run(resolved: dict[str, Any], run_id: str = "") -> Run:
+def _run(rp: ResolvedParams, run_id: str = "") -> Run:
     """`run_id` names the in-cluster istioctl's pods; tasks that run istioctl pass it."""
-    rp = ResolvedParams.from_dict(resolved)
     target = kube_target(rp.params.kubernetes_conn_id)
     kube = cluster.connect(target)
     if rp.lock_holder:  # every task start renews the run's hold on the cluster
@@ -92,7 +91,7 @@ def validate(
     interval_end: datetime | None,
     lock_holder: str,
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> ResolvedParams:
     """Params on their own, then against the cluster (and the istioctl they name).
 
     An empty target_revision comes from the Variable or the DAG's default (scheduled runs);
@@ -125,40 +124,38 @@ def validate(
     if holder:
         upgrade_lock.hold(kube, holder, upgrade_lock.lease_seconds(params))
     until = end.isoformat() if end else None
-    return replace(resolved, window_end=until, window_basis=basis, lock_holder=holder).to_dict()
+    return replace(resolved, window_end=until, window_basis=basis, lock_holder=holder)
 
 
-def release_lock(resolved: dict[str, Any] | None) -> None:
+def release_lock(rp: ResolvedParams | None) -> None:
     """Give up the run's hold on the cluster at its end, whatever the end was.
 
     A release that fails raises: a run that ends green must leave the cluster free for the
     next one, not refuse it until the lease expires.
     """
-    rp = ResolvedParams.from_dict(resolved) if resolved else None
     if rp is None or not rp.lock_holder:
         return
     kube = cluster.connect(kube_target(rp.params.kubernetes_conn_id))
     upgrade_lock.release(kube, rp.lock_holder)
 
 
-def show_plan(resolved: dict[str, Any]) -> str:
+def show_plan(rp: ResolvedParams) -> str:
     """The dry run: the plan as text, nothing changed."""
-    run = _run(resolved)
+    run = _run(rp)
     text = plan.render_plan(plan.build_plan(run.rp, cluster.snapshot(run.kube)))
     log.info("dry run, nothing changed:\n%s", text)
     return text
 
 
-def precheck(resolved: dict[str, Any], run_id: str) -> dict[str, Any]:
+def precheck(rp: ResolvedParams, run_id: str) -> report.Prechecked:
     """istioctl x precheck, then the state before anything changes (for the report)."""
-    run = _run(resolved, run_id)
+    run = _run(rp, run_id)
     output = steps.precheck(run.istioctl)
-    snap = cluster.snapshot(run.kube)
-    return {"precheck": output, "before": report.summary_to_json(report.MeshSummary.of(snap))}
+    return report.Prechecked(output, report.MeshSummary.of(cluster.snapshot(run.kube)))
 
 
-def install(resolved: dict[str, Any], run_id: str) -> bool:
-    run = _run(resolved, run_id)
+def install(rp: ResolvedParams, run_id: str) -> bool:
+    run = _run(rp, run_id)
     return steps.install(
         run.kube,
         run.istioctl,
@@ -168,8 +165,8 @@ def install(resolved: dict[str, Any], run_id: str) -> bool:
     )
 
 
-def move_tag(resolved: dict[str, Any], run_id: str, to_current: bool = False) -> bool:
-    run = _run(resolved, run_id)
+def move_tag(rp: ResolvedParams, run_id: str, to_current: bool = False) -> bool:
+    run = _run(rp, run_id)
     return steps.move_tag(
         run.kube, run.istioctl, run.rp.tag, run.current if to_current else run.target
     )
@@ -179,66 +176,47 @@ def _gateways(rp: ResolvedParams) -> list[WorkloadRef]:
     return list(rp.params.gateway_refs)
 
 
-def restart_gateways(resolved: dict[str, Any], run_id: str) -> list[dict[str, str]]:
-    run = _run(resolved)
+def restart_gateways(rp: ResolvedParams, run_id: str) -> list[WorkloadRef]:
+    run = _run(rp)
     return steps.restart_workloads(
         run.kube, _gateways(run.rp), run.target, steps.restart_stamp(run_id, run.target)
     )
 
 
-def verify_gateways(resolved: dict[str, Any]) -> dict[str, Any]:
-    run = _run(resolved)
+def verify_gateways(rp: ResolvedParams) -> steps.Verified:
+    run = _run(rp)
     return steps.verify_workloads(run.kube, _gateways(run.rp), run.target)
 
 
-def measure_baseline(resolved: dict[str, Any]) -> list[dict[str, Any]]:
+def measure_baseline(rp: ResolvedParams) -> list[health.MetricCheck]:
     """The canary's own figures before its restart, for the gate to compare with."""
-    rp = ResolvedParams.from_dict(resolved)
     checks = health.run_check(rp.params.prometheus_url, rp.canary, rp.params)
     for c in checks:
         log.info("baseline %s", c.message)
-    return [c.to_dict() for c in checks]
+    return checks
 
 
-def restart_namespaces(
-    resolved: dict[str, Any], run_id: str, namespaces: list[str] | None = None
-) -> dict[str, Any]:
-    """Restart the canary namespaces (or the given ones) onto the target revision.
-
-    Returns the workloads to wait for, the ones restarted now and when the restart began
-    (epoch seconds): the start of the span the window check measures waves by.
-    """
+def restart_canary(rp: ResolvedParams, run_id: str) -> steps.Restart:
+    """Restart the canary namespaces onto the target revision."""
     started = time.time()
-    run = _run(resolved)
-    names = namespaces if namespaces is not None else list(run.rp.canary)
+    run = _run(rp)
     waits, moved = steps.restart_and_count(
-        run.kube, names, run.target, steps.restart_stamp(run_id, run.target)
+        run.kube, list(rp.canary), run.target, steps.restart_stamp(run_id, run.target)
     )
-    return {"workloads": waits, "restarted": moved, "started": started}
+    return steps.Restart(tuple(waits), tuple(moved), started)
 
 
-def verify_namespaces(
-    resolved: dict[str, Any],
-    namespaces: list[str] | None = None,
-    *,
-    wave: int = deadline.CANARY_WAVE,
-    restart: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Every pod of the namespaces (the canary by default) runs the target; with the
-    restart's record, also the span from its start to now (how long the move took)."""
-    run = _run(resolved)
-    names = namespaces if namespaces is not None else list(run.rp.canary)
-    verified = steps.verify_namespaces(run.kube, names, run.target)
-    if restart is not None:
-        span = Span(
-            wave=wave,
-            namespaces=tuple(names),
-            started=float(restart["started"]),
-            finished=time.time(),
-            restarted=len(restart["restarted"]),
-        )
-        verified["span"] = span.to_dict()
-    return verified
+def verify_canary(rp: ResolvedParams, restart: steps.Restart | None) -> steps.Verified:
+    """Every pod of the canary namespaces runs the target; with the restart's record, also
+    the span from its start to now (how long the move took)."""
+    run = _run(rp)
+    verified = steps.verify_namespaces(run.kube, list(rp.canary), run.target)
+    if restart is None:
+        return verified
+    span = Span(
+        deadline.CANARY_WAVE, rp.canary, restart.started, time.time(), len(restart.restarted)
+    )
+    return replace(verified, span=span)
 
 
 class Decision(StrEnum):
@@ -250,9 +228,9 @@ class Decision(StrEnum):
 
 
 def decide(
-    resolved: dict[str, Any] | None,
-    gate: dict[str, Any] | None,
-    answer: dict[str, Any] | None,
+    rp: ResolvedParams | None,
+    gate: health.GateResult | None,
+    answer: approval.Answer | None,
     failed: Sequence[str] = (),
 ) -> tuple[Decision, str]:
     """The branch after the canary, and why.
@@ -262,12 +240,11 @@ def decide(
     back (unless on_failure is 'stop'). Without a failure, the gate decides, and with
     require_approval the answer too; with no gate verdict (a dry run) nothing happens.
     """
-    if resolved is None:
+    if rp is None:
         return Decision.STOP, "nothing ran: validate skipped or failed"
-    rp = ResolvedParams.from_dict(resolved)
     if failed:
         steps_failed = ", ".join(failed)
-        run = _run(resolved)
+        run = _run(rp)
         tag = cluster.tag_revision(run.kube, rp.tag)
         if tag != rp.target_revision:
             found = (Decision.STOP, f"{steps_failed} failed with the tag on {tag}: nothing moved")
@@ -284,32 +261,27 @@ def decide(
     return found
 
 
-def approval_question(resolved: dict[str, Any], gate: dict[str, Any] | None) -> dict[str, Any]:
-    """What to ask a person after the gate, or why nobody needs asking (`skip`)."""
-    rp = ResolvedParams.from_dict(resolved)
-    skip = approval.skip_reason(rp.params.require_approval, gate)
-    if skip is not None or gate is None:
-        return {"skip": skip}
-    run = _run(resolved)
+def approval_question(rp: ResolvedParams, gate: health.GateResult) -> approval.Question:
+    """What to ask a person after the gate passed."""
+    run = _run(rp)
     waves = plan.build_plan(rp, cluster.snapshot(run.kube)).waves
     timeout = report.duration_text(rp.params.approval_timeout_seconds)
-    return {
-        "skip": None,
-        "subject": approval.subject(rp),
-        "body": approval.body(rp, gate, timeout, waves),
-        "default": approval.default_option(rp.params.approval_default),
-        "timeout_seconds": rp.params.approval_timeout_seconds,
-    }
+    return approval.Question(
+        subject=approval.subject(rp),
+        body=approval.body(rp, gate, timeout, waves),
+        default=approval.default_option(rp.params.approval_default),
+        timeout_seconds=rp.params.approval_timeout_seconds,
+    )
 
 
-def remaining_waves(resolved: dict[str, Any], max_items: int | None = None) -> list[dict[str, Any]]:
+def remaining_waves(rp: ResolvedParams, max_items: int | None = None) -> list[waves.WaveItem]:
     """The namespaces still to move after the canary, one mapped item each, in wave order.
 
     A namespace already on the target is left out, so a re-run does not restart it again.
     `max_items` is Airflow's limit on mapped task instances ([core] max_map_length).
     """
-    run = _run(resolved)
-    p = plan.build_plan(run.rp, cluster.snapshot(run.kube))
+    run = _run(rp)
+    p = plan.build_plan(rp, cluster.snapshot(run.kube))
     items = waves.wave_items(p.waves)
     if max_items is not None and len(items) > max_items:
         raise UpgradeError(
@@ -318,7 +290,7 @@ def remaining_waves(resolved: dict[str, Any], max_items: int | None = None) -> l
             "every Airflow process, or move some with include_namespaces in a first run"
         )
     log.info("remaining namespaces=%d waves=%d", len(items), len(p.waves))
-    return [waves.item_to_json(i) for i in items]
+    return items
 
 
 def _not_on_target(run: Run) -> list[str]:
@@ -326,33 +298,32 @@ def _not_on_target(run: Run) -> list[str]:
     return [ns.name for ns in states if not progress.on_revision(ns, run.target)]
 
 
-def finish_waves(resolved: dict[str, Any], outcomes: Sequence[Any]) -> dict[str, Any]:
+def finish_waves(rp: ResolvedParams, outcomes: Sequence[waves.NamespaceOutcome]) -> str:
     """After the waves: all moved (go on to remove the old revision), paused, or failed.
 
     Read from the cluster: a namespace that was held back by the window and is still on the
     old revision is a pause (WavesPaused); one that was started and did not arrive is a
     failure that must not be mistaken for a pause.
     """
-    run = _run(resolved)
+    run = _run(rp)
     left = _not_on_target(run)
-    done = [waves.outcome_from_json(o) for o in outcomes]
-    held = waves.held(done)
+    held = waves.held(outcomes)
     held_names = [o.namespace for o in held]
-    log.info("waves outcomes=%s left=%d", waves.summary(done), len(left))
+    log.info("waves outcomes=%s left=%d", waves.summary(outcomes), len(left))
     outcome = deadline.waves_outcome(left, held_names)
     if outcome is Outcome.PAUSED:
         raise WavesPaused(deadline.paused_reason(left, [h.reason for h in held]))
     if outcome is Outcome.FAILED:
         raise WavesFailed(run.target, sorted(set(left) - set(held_names)))
-    return {"namespaces": list(run.rp.namespaces), "revision": run.target}
+    return f"{len(rp.namespaces)} namespaces run {run.target}"
 
 
-def remove_old_revision(resolved: dict[str, Any], run_id: str, now: float | None = None) -> str:
+def remove_old_revision(rp: ResolvedParams, run_id: str, now: float | None = None) -> str:
     """The procedure's last step, once every namespace moved: hold the old revision when the
     window has ended (WavesPaused: the next run removes it); refuse while anything the plan
     did not name uses it (RevisionInUse); keep it when only users it named do
     (OldRevisionKept); otherwise uninstall it and wait until its objects are gone."""
-    run = _run(resolved, run_id)
+    run = _run(rp, run_id)
     if not steps.revision_objects(run.kube, run.current):
         # A retry after the removal: done, whatever the window says now.
         return f"revision {run.current} is removed"
@@ -369,9 +340,9 @@ def remove_old_revision(resolved: dict[str, Any], run_id: str, now: float | None
 # --- rollback -----------------------------------------------------------------------------
 
 
-def restart_moved_back(resolved: dict[str, Any], run_id: str) -> list[dict[str, str]]:
+def restart_moved_back(rp: ResolvedParams, run_id: str) -> list[WorkloadRef]:
     """Restart everything that runs the target revision (gateways, canary, any wave) back."""
-    run = _run(resolved)
+    run = _run(rp)
     stamp = steps.restart_stamp(run_id, run.current)
     gateways = steps.restart_workloads(run.kube, _gateways(run.rp), run.current, stamp)
     moved = steps.moved_namespaces(run.kube, run.rp.namespaces, run.target)
@@ -379,15 +350,15 @@ def restart_moved_back(resolved: dict[str, Any], run_id: str) -> list[dict[str, 
     return gateways + steps.restart_namespaces(run.kube, moved, run.current, stamp)
 
 
-def verify_rolled_back(resolved: dict[str, Any]) -> dict[str, Any]:
-    run = _run(resolved)
+def verify_rolled_back(rp: ResolvedParams) -> steps.Verified:
+    run = _run(rp)
     steps.verify_workloads(run.kube, _gateways(run.rp), run.current)
     return steps.verify_namespaces(run.kube, list(run.rp.namespaces), run.current)
 
 
-def remove_new_revision(resolved: dict[str, Any], run_id: str) -> str:
+def remove_new_revision(rp: ResolvedParams, run_id: str) -> str:
     """After a rollback, optionally uninstall the target revision once nothing uses it."""
-    run = _run(resolved, run_id)
+    run = _run(rp, run_id)
     if not run.rp.params.remove_new_revision_on_rollback:
         return f"kept revision {run.target} (remove_new_revision_on_rollback is off)"
     steps.check_unused(run.kube, run.target, KeptBy())  # nothing may use it: any user refuses
@@ -440,17 +411,17 @@ def phase_of(
 
 
 def final_report(
-    resolved: dict[str, Any],
-    pre: dict[str, Any],
-    gate: dict[str, Any] | None,
+    rp: ResolvedParams,
+    pre: report.Prechecked,
+    gate: health.GateResult | None,
     timings: dict[str, float],
-    answer: dict[str, Any] | None = None,
-    outcomes: Sequence[Any] = (),
+    answer: approval.Answer | None = None,
+    outcomes: Sequence[waves.NamespaceOutcome] = (),
     removal_held: str | None = None,
     failed: Sequence[str] = (),
     rollback_ran: bool = False,
     old_kept: str | None = None,
-) -> dict[str, Any]:
+) -> report.RunReport:
     """The run report: revisions per namespace before/after, timings, metric figures, phase.
 
     `outcomes` are those of the namespaces of the waves (the held ones make a pause),
@@ -459,11 +430,11 @@ def final_report(
     rollback path moved the tag back (after a failed gate, a rejection or a failure),
     `old_kept` why the old revision was kept (remove_old_revision's OldRevisionKept), if so.
     """
-    run = _run(resolved)
+    run = _run(rp)
     after = cluster.snapshot(run.kube)
-    result = approval.verdict(run.rp.params.require_approval, gate, answer)
+    result = approval.verdict(rp.params.require_approval, gate, answer)
     rolled_back = rollback_ran or (gate is not None and not result.proceed)
-    held = waves.held([waves.outcome_from_json(o) for o in outcomes])
+    held = waves.held(outcomes)
     held_names = [o.namespace for o in held]
     phase = phase_of(
         after, run.rp, rolled_back, held_names, removal_held is not None, old_kept is not None
@@ -495,12 +466,11 @@ def final_report(
         reason = f"{culprit} with the tag on {tag}: see the failed task; clear it to resume"
     if failed and phase is UpgradePhase.ROLLED_BACK:
         reason = f"{', '.join(failed)} failed; rolled back: {reason}"
-    checks = [health.MetricCheck.from_dict(c) for c in (gate or {}).get("checks", [])]
     text = report.render_report(
-        before=report.summary_from_json(pre["before"]),
+        before=pre.before,
         after=report.MeshSummary.of(after),
         timings=timings,
-        checks=checks,
+        checks=list(gate.checks) if gate else [],
         phase=phase,
         reason=reason,
     )
@@ -508,7 +478,7 @@ def final_report(
     return {"phase": phase.value, "reason": reason, "text": text}
 
 
-def conclude(result: dict[str, Any] | None, failed: Sequence[str] = ()) -> str:
+def conclude(result: report.RunReport | None, failed: Sequence[str] = ()) -> str:
     """End the run: completed passes, paused raises WavesPaused, anything else fails, saying why.
 
     Needed because Airflow judges a run by its leaf tasks: without this, a failed step whose

@@ -70,7 +70,7 @@ class RolloutTrigger(BaseTrigger):
 
     def _poll(self) -> dict[str, Any] | None:
         kube = _kube_for(self.conn_id)
-        refs = [WorkloadRef(**w) for w in self.workloads]
+        refs = [WorkloadRef.from_json(w) for w in self.workloads]
         states = cluster.rollout_states(kube, refs)
         failed = [s.message for s in states if s.failed]
         if failed:
@@ -164,9 +164,9 @@ class MetricGateTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        params = UpgradeParams.from_dict(self.params)
-        state = await self._saved_state(health.GateState.from_dict(self.state))
-        baseline = health.baseline_of_json(self.baseline)
+        params = UpgradeParams.from_json(self.params)
+        state = await self._saved_state(health.GateState.from_json(self.state))
+        baseline = health.baseline_of(health.MetricCheck.from_json(c) for c in self.baseline)
         if state.checks_done:  # a check was just made (on the worker, or before a restart)
             await asyncio.sleep(params.check_interval_seconds)
         while True:
@@ -281,7 +281,7 @@ class NamespaceUpgradeTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        item = waves.item_from_json(self.item)
+        item = waves.WaveItem.from_json(self.item)
         decision = await self._await_turn(item)
         if decision.call is not waves.Call.START:
             state = (
@@ -316,12 +316,11 @@ class NamespaceUpgradeTrigger(BaseTrigger):
             outcomes: dict[int, waves.NamespaceOutcome] = {}
             if item.wave > 0:
                 states = await run_state.task_states(*where)
-                told = run_state.told_since(since, "outcome", *where, item.previous)
-                outcomes = {i: waves.outcome_from_json(v) for i, v in told.items()}
+                outcomes = run_state.told_since(since, "outcome", *where, item.previous)
                 if waves.previous_done(item, states, outcomes):
                     rest = [i for i in item.previous if i not in outcomes]
                     found = await run_state.xcoms("outcome", *where, rest)
-                    outcomes |= {i: waves.outcome_from_json(v) for i, v in found.items()}
+                    outcomes |= found
             decision = waves.turn(
                 item,
                 states,
@@ -364,7 +363,7 @@ class NamespaceUpgradeTrigger(BaseTrigger):
                     longest_before=turn.longest_before,
                 )
         view = await asyncio.to_thread(cluster.namespace_view, kube, ns)
-        skip = [WorkloadRef(**w) for w in self.skip]
+        skip = [WorkloadRef.from_json(w) for w in self.skip]
         todo = progress.workloads_to_restart(view.state, self.target, skip)
         restart = [w for w in todo if view.stamps.get(w) != self.stamp]
         for ref in restart:
@@ -423,9 +422,9 @@ class NamespaceUpgradeTrigger(BaseTrigger):
     async def _push(self, outcome: waves.NamespaceOutcome) -> None:
         await run_state.push_xcom(
             "outcome",
-            waves.outcome_to_json(outcome),
+            outcome,
             self.dag_id,
             self.run_id,
             self.upgrade_task_id,
-            waves.item_from_json(self.item).index,
+            waves.WaveItem.from_json(self.item).index,
         )

@@ -13,11 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
-
-from pydantic import TypeAdapter
 
 from istio_upgrade import deadline
+from istio_upgrade.contracts import Contract, allow
 from istio_upgrade.deadline import Estimate
 
 # Task states after which a task instance will not change by itself.
@@ -26,7 +24,7 @@ FAILED_STATES = frozenset({"failed", "upstream_failed"})
 
 
 @dataclass(frozen=True)
-class WaveItem:
+class WaveItem(Contract):
     """One namespace of the waves, as the mapped task receives it."""
 
     namespace: str
@@ -56,7 +54,7 @@ class State(StrEnum):
 
 
 @dataclass(frozen=True)
-class NamespaceOutcome:
+class NamespaceOutcome(Contract):
     """What a namespace's task pushes (XCom `outcome`) and later waves read."""
 
     namespace: str
@@ -78,26 +76,6 @@ class NamespaceOutcome:
         return deadline.Span(
             self.wave, (self.namespace,), self.started, self.finished, self.restarted
         )
-
-
-_ITEM = TypeAdapter(WaveItem)
-_OUTCOME = TypeAdapter(NamespaceOutcome)
-
-
-def item_to_json(item: WaveItem) -> dict[str, Any]:
-    return dict(_ITEM.dump_python(item, mode="json"))
-
-
-def item_from_json(data: Any) -> WaveItem:
-    return _ITEM.validate_python(data)
-
-
-def outcome_to_json(outcome: NamespaceOutcome) -> dict[str, Any]:
-    return dict(_OUTCOME.dump_python(outcome, mode="json"))
-
-
-def outcome_from_json(data: Any) -> NamespaceOutcome:
-    return _OUTCOME.validate_python(data)
 
 
 def wave_items(waves: Sequence[Sequence[str]]) -> list[WaveItem]:
@@ -223,3 +201,6 @@ def summary(outcomes: Sequence[NamespaceOutcome]) -> dict[str, int]:
     for o in outcomes:
         counts[o.state.value] += 1
     return {k: v for k, v in counts.items() if v}
+
+
+allow(WaveItem, NamespaceOutcome)

@@ -45,7 +45,6 @@ import zoneinfo
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
-from typing import Any
 
 import pendulum
 
@@ -148,20 +147,6 @@ class MaintenanceWindow:
                 return f"{_days_text(days)} {_hhmm(start)}-{_hhmm(end)} {self.timezone}"
         return f"cron '{self.cron}' for {_length_text(self.duration)} {self.timezone}"
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe data (for the timetable's serialization and XCom)."""
-        return {
-            "cron": self.cron,
-            "duration_minutes": self.duration // MINUTE,
-            "timezone": self.timezone,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MaintenanceWindow:
-        """Inverse of `to_dict`; validates again."""
-        minutes = data["duration_minutes"]
-        return cls(data["cron"], timedelta(minutes=minutes), data["timezone"])
-
     def __str__(self) -> str:
         return self.label
 
@@ -177,10 +162,6 @@ class Window:
     def contains(self, instant: datetime) -> bool:
         """Whether the instant lies in [start, end)."""
         return self.start <= _utc(instant, "instant") < self.end
-
-    def seconds_left(self, instant: datetime) -> float:
-        """Seconds from the instant to the end of the window (0 once it is over)."""
-        return max(0.0, (self.end - _utc(instant, "instant")).total_seconds())
 
     def __str__(self) -> str:
         zone = self.spec.timezone
@@ -236,12 +217,6 @@ def window_at(windows: Sequence[MaintenanceWindow], instant: datetime) -> Window
     return max(containing, key=lambda w: (w.end, w.start), default=None)
 
 
-def seconds_left(windows: Sequence[MaintenanceWindow], instant: datetime) -> float | None:
-    """Seconds left in the window containing the instant; None outside every window."""
-    window = window_at(windows, instant)
-    return None if window is None else window.seconds_left(instant)
-
-
 def next_scheduled_window(
     windows: Sequence[MaintenanceWindow],
     *,
@@ -256,7 +231,7 @@ def next_scheduled_window(
     After the last scheduled run's window comes the next one; the first run takes the first
     window starting at or after `earliest` (the DAG's start date). Without catchup (or without
     a start date) windows that have already ended are skipped, but the window we are in now
-    is still scheduled: its run starts at once, and `seconds_left` tells it how long it has.
+    is still scheduled: its run starts at once, and the window's end tells it how long it has.
     """
     if not windows:
         return None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_fixture import Sandbox, wait_for
+from xcom_values import plain
 
 from istio_upgrade import cluster, progress
 from istio_upgrade.model import WorkloadRef
@@ -308,7 +309,8 @@ class RestApi:
     def xcom(
         self, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1
     ) -> Any:
-        """An XCom value, or None when the task pushed none under that key."""
+        """An XCom value as stored (typed values as their JSON), or None when the task
+        pushed none under that key."""
         path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         response = self.client.get(
             f"/api/v2{path}", headers=self.headers, params={"map_index": map_index}
@@ -316,7 +318,7 @@ class RestApi:
         if response.status_code == 404:
             return None
         assert response.status_code == 200, f"GET {path}: {response.text}"
-        return response.json()["value"]
+        return plain(response.json()["value"])
 
     def set_variable(self, key: str, value: str) -> None:
         self.client.delete(f"/api/v2/variables/{key}", headers=self.headers)

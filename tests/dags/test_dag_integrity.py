@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import typing
 
 import pytest
 
@@ -42,6 +43,12 @@ def test_dag_serializes(dagbag) -> None:  # type: ignore[no-untyped-def]
             id="no-reschedule",
         ),
         pytest.param(
+            # a dict return value would also be stored once per key, the whole value twice
+            "no task pushes one XCom per key",
+            lambda d: not any(getattr(t, "multiple_outputs", False) for t in d.tasks),
+            id="one-xcom-per-result",
+        ),
+        pytest.param(
             "every param described",
             lambda d: all(d.params.get_param(k).description for k in d.params),
             id="params",
@@ -50,6 +57,21 @@ def test_dag_serializes(dagbag) -> None:  # type: ignore[no-untyped-def]
 )
 def test_dag_policy(dagbag, rule: str, holds) -> None:  # type: ignore[no-untyped-def]
     assert holds(dagbag.dags[DAG_ID]), f"DAG {DAG_ID} breaks the rule: {rule}"
+
+
+def test_no_task_passes_an_untyped_dict(dagbag) -> None:  # type: ignore[no-untyped-def]
+    """What a task takes or returns is a typed contract (istio_upgrade.contracts), not a
+    `dict[str, Any]` read by key in another module."""
+    untyped = []
+    for task in dagbag.dags[DAG_ID].tasks:
+        fn = getattr(task, "python_callable", None)
+        if fn is None:
+            continue
+        for name, hint in typing.get_type_hints(fn).items():
+            parts = [hint, *typing.get_args(hint)]  # X | None: look at X
+            if any(typing.get_origin(p) is dict or p is dict for p in parts):
+                untyped.append(f"{task.task_id}: {name}")
+    assert untyped == []
 
 
 def test_main_flow_reads_like_the_procedure(dagbag) -> None:  # type: ignore[no-untyped-def]
@@ -110,6 +132,36 @@ def test_a_bad_window_is_an_import_error_naming_the_setting(
     bag = load(monkeypatch, ISTIO_UPGRADE_WINDOWS="Tue 02:00-04:00")
     (error,) = bag.import_errors.values()
     assert "ISTIO_UPGRADE_WINDOWS" in error and "IANA time zone" in error
+
+
+def test_deployment_defaults_become_the_form_and_scheduled_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bag = load(
+        monkeypatch,
+        ISTIO_UPGRADE_PARAM_DEFAULTS='{"bake_seconds": 45, "prometheus_url": "http://prom:9090"}',
+    )
+    assert bag.import_errors == {}
+    params = bag.dags[DAG_ID].params
+    assert (params["bake_seconds"], params["prometheus_url"]) == (45, "http://prom:9090")
+    assert params.get_param("bake_seconds").schema["minimum"] == 0  # the schema stays
+    assert params["check_interval_seconds"] == 30  # the DAG's own default
+
+
+@pytest.mark.parametrize(
+    ("defaults", "named"),
+    [
+        pytest.param('{"bake": 45}', "bake, not params of the DAG", id="unknown-name"),
+        pytest.param("bake_seconds=45", "is not JSON", id="not-json"),
+        pytest.param('{"bake_seconds": -1}', "bake_seconds", id="value-outside-its-schema"),
+    ],
+)
+def test_bad_deployment_defaults_are_an_import_error_naming_them(
+    monkeypatch: pytest.MonkeyPatch, defaults: str, named: str
+) -> None:
+    bag = load(monkeypatch, ISTIO_UPGRADE_PARAM_DEFAULTS=defaults)
+    (error,) = bag.import_errors.values()
+    assert named in error, error
 
 
 # Retries by what a task does. Verdicts: what they find fails at once (a retry would hide

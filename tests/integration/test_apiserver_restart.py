@@ -49,7 +49,7 @@ def test_a_rollout_wait_outlives_an_apiserver_restart(sandbox: Sandbox, kube: cl
     wait_for("the first rollout", lambda: cluster.rollout_states(kube, [ref])[0].complete, 120)
     cluster.stamp_restart(kube, ref, "it-run")
     trigger = triggers.RolloutTrigger(
-        CONN_ID, [ref.__dict__], deadline=time.time() + 300, poll_seconds=1
+        CONN_ID, [ref.to_json()], deadline=time.time() + 300, poll_seconds=1
     )
 
     async def first_event() -> dict[str, Any]:

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import demo  # noqa: E402 - scripts/ is not a package
+from xcom_values import plain  # noqa: E402
 
 OUT = REPO / "out" / "standalone"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -103,9 +104,7 @@ class Stack:
 
     def xcom(self, run_id: str, task_id: str, key: str = "return_value", index: int = -1) -> Any:
         path = f"/api/v2/dags/{demo.DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}"
-        return self.api.call(
-            "GET", f"{path}/xcomEntries/{key}", map_index=index, deserialize="true"
-        )["value"]
+        return plain(self.api.call("GET", f"{path}/xcomEntries/{key}", map_index=index)["value"])
 
 
 @dataclass

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from integration.plain_deployment import plain_deployment
@@ -24,7 +26,6 @@ from istio_upgrade.model import WorkloadRef
 from istio_upgrade.steps import restart_stamp
 from standalone.standalone_stack import Stack, reseed
 from standalone.test_spurious_failures import assert_completed_with_one_retry, instances
-from standalone.test_triggerer_restart import processes
 
 pytestmark = pytest.mark.sandbox
 
@@ -48,11 +49,22 @@ def stamped(kube: Kube, stamp: str) -> list[str]:
     ]
 
 
+def processes() -> Iterator[tuple[int, str]]:
+    """(pid, command line) of every process we may read."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            yield int(proc.name), (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+
+
 def worker_of(ti_id: str, timeout: float = 60) -> int:
     """The pid of the process running task instance `ti_id`."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        found = [pid for pid, _, cmd, _ in processes() if f"airflow worker -- {ti_id}" in cmd]
+        found = [pid for pid, cmd in processes() if f"airflow worker -- {ti_id}" in cmd]
         if found:
             return found[0]
         time.sleep(0.02)

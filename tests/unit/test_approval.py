@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -17,9 +18,10 @@ from istio_upgrade.approval import (
     subject,
     verdict,
 )
+from istio_upgrade.health import GateResult, HealthVerdict
 from istio_upgrade.params import ResolvedParams, parse_params
 
-PASSED = {
+PASSED = GateResult.from_json({
     "verdict": "passed",
     "message": "gate passed: 0 of 4 checks failed (failure_limit 2, bake 6s)",
     "checks": [
@@ -30,12 +32,14 @@ PASSED = {
         {"namespace": "bar", "metric": "p99_ms", "value": None, "limit": 500.0,
          "outcome": "no_data", "message": "..."},
     ],
-}  # fmt: skip
-FAILED = {"verdict": "failed", "message": "gate failed: 2 of 2 checks failed", "checks": []}
-APPROVED = Answer(APPROVE, "admin", False).to_dict()
-REJECTED = Answer(REJECT, "alice", False).to_dict()
-SILENT_REJECT = Answer(REJECT, None, True).to_dict()
-SILENT_APPROVE = Answer(APPROVE, None, True).to_dict()
+    "checks_done": 2,
+    "checks_failed": 0,
+})  # fmt: skip
+FAILED = GateResult(HealthVerdict.FAILED, "gate failed: 2 of 2 checks failed", (), 2, 2)
+APPROVED = Answer(APPROVE, "admin", False)
+REJECTED = Answer(REJECT, "alice", False)
+SILENT_REJECT = Answer(REJECT, None, True)
+SILENT_APPROVE = Answer(APPROVE, None, True)
 
 
 def resolved(**overrides: Any) -> ResolvedParams:
@@ -55,7 +59,7 @@ def resolved(**overrides: Any) -> ResolvedParams:
         pytest.param(True, PASSED, None, id="ask"),
     ],
 )
-def test_skip_reason(required: bool, gate: dict[str, Any] | None, skipped: str | None) -> None:
+def test_skip_reason(required: bool, gate: GateResult | None, skipped: str | None) -> None:
     found = skip_reason(required, gate)
     assert found == skipped if skipped is None else skipped in (found or "")
 
@@ -79,8 +83,8 @@ def test_skip_reason(required: bool, gate: dict[str, Any] | None, skipped: str |
 )  # fmt: skip
 def test_verdict(
     required: bool,
-    gate: dict[str, Any] | None,
-    answer: dict[str, Any] | None,
+    gate: GateResult | None,
+    answer: Answer | None,
     proceed: bool,
     reason: str,
 ) -> None:
@@ -107,7 +111,7 @@ def test_answer_from(
 ) -> None:
     answer = answer_from(chosen, user, timed_out)
     assert (answer.option, answer.by, answer.timed_out) == expected
-    assert Answer.from_dict(answer.to_dict()) == answer
+    assert Answer.from_json(json.loads(json.dumps(answer.to_json()))) == answer
     assert answer.approved is (answer.option == APPROVE)
 
 

@@ -9,6 +9,7 @@ import pytest
 from istio_upgrade.config import (
     CONN_IDS_ENV,
     OVERLAY_DIR_ENV,
+    PARAM_DEFAULTS_ENV,
     PROMETHEUS_URLS_ENV,
     TARGET_ENV,
     WINDOWS_ENV,
@@ -123,6 +124,14 @@ def test_by_default_only_the_dags_own_defaults_are_allowed() -> None:
                 parse_params({"target_revision": "1-32-0", **change}), allowed_targets({})
             )
         assert refused.value.param == name
+
+
+def test_the_deployments_own_defaults_are_allowed_in_place_of_the_dags() -> None:
+    environ = {PARAM_DEFAULTS_ENV: '{"prometheus_url": "http://prom:9090"}'}
+    ours = parse_params({"target_revision": "1-32-0", "prometheus_url": "http://prom:9090"})
+    check_allowed(ours, allowed_targets(environ))
+    with pytest.raises(ParamError):
+        check_allowed(parse_params({"target_revision": "1-32-0"}), allowed_targets(environ))
 
 
 def test_the_operator_lists_what_is_allowed(tmp_path: Any) -> None:

@@ -111,7 +111,6 @@ def test_call_wave(
     assert (found.call, found.seconds_left, found.estimate_seconds) == (call, left, 30.0)
     assert reason in found.reason
     assert found.start is (call is Call.START)
-    assert found.to_dict()["call"] == call.value
 
 
 def test_a_hold_is_final_for_every_later_check() -> None:
@@ -159,9 +158,9 @@ def test_errors_survive_pickling(error: Exception) -> None:
     assert str(pickle.loads(pickle.dumps(error))) == str(error)
 
 
-def test_span_round_trips() -> None:
-    one = Span(2, ("foo", "baz"), 1.5, 9.25, 3)
-    assert Span.from_dict(one.to_dict()) == one and one.seconds == 7.75
+def test_span_seconds() -> None:
+    assert Span(2, ("foo", "baz"), 1.5, 9.25, 3).seconds == 7.75
+    assert Span(2, ("foo",), 9.0, 1.0, 3).seconds == 0.0
 
 
 def test_removal_is_held_once_the_window_ended() -> None:

@@ -103,7 +103,7 @@ def test_query_failed_is_its_own_outcome() -> None:
 
 def test_metric_check_round_trips_through_json() -> None:
     for check in (evaluate("bar", P99, 12.5, 500), evaluate("bar", RATE, None, 0.99)):
-        assert MetricCheck.from_dict(json.loads(json.dumps(check.to_dict()))) == check
+        assert MetricCheck.from_json(json.loads(json.dumps(check.to_json()))) == check
 
 
 # -- baseline: the stricter of the fixed threshold and the namespace's own figure --------------
@@ -171,7 +171,7 @@ def test_next_state_counts_and_round_trips() -> None:
     assert (state.checks_done, state.checks_failed, result) == (1, 1, HealthVerdict.PENDING)
     state, result = next_state(state, GOOD, now=60.0, params=p)
     assert (state.checks_done, state.checks_failed, result) == (2, 1, HealthVerdict.PASSED)
-    assert GateState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+    assert GateState.from_json(json.loads(json.dumps(state.to_json()))) == state
 
 
 def test_describe_names_counters_limit_and_failing_metric() -> None:

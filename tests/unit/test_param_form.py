@@ -71,9 +71,8 @@ def probes() -> list[tuple[str, Any]]:
 
 
 def form_accepts(name: str, value: Any) -> bool:
-    schema = {"type": PARAM_SPECS[name].type, **PARAM_SPECS[name].schema}
     try:
-        jsonschema.validate(value, schema)
+        jsonschema.validate(value, PARAM_SPECS[name].json_schema())
     except jsonschema.ValidationError:
         return False
     return True

@@ -105,7 +105,7 @@ def test_defaults_parse_into_the_documented_values() -> None:
 
 def test_params_round_trip_through_json() -> None:
     params = parse(canary_namespaces=["bar"], exclude_namespaces=["qux"])
-    assert UpgradeParams.from_dict(json.loads(json.dumps(params.to_dict()))) == params
+    assert UpgradeParams.from_json(json.loads(json.dumps(params.to_json()))) == params
 
 
 @pytest.mark.parametrize(
@@ -255,7 +255,7 @@ def test_worked_example_discovers_current_namespaces_and_canary() -> None:
     assert resolved.namespaces == ("bar", "baz", "foo", "istio-ingress", "qux")
     assert resolved.canary == ("bar",)
     assert (resolved.excluded, resolved.resumed) == ((), False)
-    assert ResolvedParams.from_dict(json.loads(json.dumps(resolved.to_dict()))) == resolved
+    assert ResolvedParams.from_json(json.loads(json.dumps(resolved.to_json()))) == resolved
 
 
 def test_resumed_run_finds_the_other_installed_revision() -> None:

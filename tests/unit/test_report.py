@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from istio_upgrade.health import Metric, evaluate, query_failed
@@ -17,11 +19,10 @@ from istio_upgrade.model import (
 from istio_upgrade.progress import revision_counts
 from istio_upgrade.report import (
     MeshSummary,
+    Prechecked,
     duration_text,
     render_report,
     revisions_text,
-    summary_from_json,
-    summary_to_json,
 )
 
 OLD, NEW = "1-14-6", "1-15-4"
@@ -44,7 +45,8 @@ def snapshot(planes: tuple[str, ...], tag: str, *namespaces: NamespaceState) -> 
         namespaces,
         "2025-01-01T02:00:00+00:00",
     )
-    return summary_from_json(summary_to_json(MeshSummary.of(snap)))
+    pre = Prechecked("no issues", MeshSummary.of(snap))
+    return Prechecked.from_json(json.loads(json.dumps(pre.to_json()))).before
 
 
 @pytest.mark.parametrize(
@@ -62,7 +64,7 @@ def test_revisions_text(ns: NamespaceState | None, text: str) -> None:
 
 def test_the_summary_stays_small_however_many_pods() -> None:
     pods = [NEW] * 400
-    summary = summary_to_json(MeshSummary.of(snapshot_of(app("big", *pods))))
+    summary = Prechecked("", MeshSummary.of(snapshot_of(app("big", *pods)))).to_json()["before"]
     assert summary["namespaces"] == {"big": {NEW: 400}}
 
 

@@ -84,9 +84,9 @@ def test_errors_until_the_deadline_end_in_a_timeout(monkeypatch: pytest.MonkeyPa
 
 def test_namespace_trigger_serializes_plain_data() -> None:
     from istio_upgrade.triggers import NamespaceUpgradeTrigger
-    from istio_upgrade.waves import item_to_json, wave_items
+    from istio_upgrade.waves import wave_items
 
-    item = item_to_json(wave_items([("foo",), ("bar",)])[1])
+    item = wave_items([("foo",), ("bar",)])[1].to_json()
     t = NamespaceUpgradeTrigger(
         conn_id="kubernetes_default",
         dag_id="istio_canary_upgrade",
@@ -164,9 +164,9 @@ def test_the_gate_keeps_its_counts_across_a_triggerer_restart(
     _, kwargs = MetricGateTrigger(
         "http://prom:9090",
         ["foo"],
-        params.to_dict(),
+        params.to_json(),
         # deferred a while ago: a trigger starting now may be a restarted one
-        health.GateState(started_at=time.time() - 60).to_dict(),
+        health.GateState(started_at=time.time() - 60).to_json(),
         conn_id="kubernetes_default",
         lock_holder="istio_canary_upgrade/manual__1",
     ).serialize()
@@ -197,7 +197,7 @@ def test_the_gate_goes_on_from_a_check_the_worker_made(monkeypatch: pytest.Monke
     assert verdict is health.HealthVerdict.PENDING and state.checks_failed == 1
     deferred_at = time.monotonic()
     event = first_event(
-        MetricGateTrigger("http://prom:9090", ["foo"], params.to_dict(), state.to_dict())
+        MetricGateTrigger("http://prom:9090", ["foo"], params.to_json(), state.to_json())
     )
     assert event["status"] == "failed", event
     assert event["state"]["checks_done"] == event["state"]["checks_failed"] == 2, event

@@ -10,11 +10,7 @@ from istio_upgrade.waves import (
     NamespaceOutcome,
     State,
     WaveItem,
-    item_from_json,
-    item_to_json,
     longest_wave,
-    outcome_from_json,
-    outcome_to_json,
     summary,
     turn,
     wave_items,
@@ -45,15 +41,15 @@ def test_items_stay_small_at_a_thousand_namespaces() -> None:
     names = [f"mesh-{i:04d}" for i in range(1000)]
     items = wave_items([names[i : i + 10] for i in range(0, 1000, 10)])
     assert max(len(i.previous) for i in items) == 10
-    assert len(str([item_to_json(i) for i in items])) < 120_000  # O(n), not O(n^2)
+    assert len(str([i.to_json() for i in items])) < 120_000  # O(n), not O(n^2)
 
 
 def test_contracts_round_trip_through_json() -> None:
-    assert item_from_json(item_to_json(QUX)) == QUX
+    assert WaveItem.from_json(QUX.to_json()) == QUX
     out = NamespaceOutcome("qux", 1, State.HELD, "why", longest_before=9.5, failed=("foo",))
-    data = outcome_to_json(out)
+    data = out.to_json()
     assert data["state"] == "held" and data["failed"] == ["foo"]
-    assert outcome_from_json(data) == out
+    assert NamespaceOutcome.from_json(data) == out
 
 
 def decide(item: WaveItem, states: dict[int, str | None], outcomes: list[NamespaceOutcome], **kw):  # type: ignore[no-untyped-def]
