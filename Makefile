@@ -18,11 +18,13 @@ help:
 	@echo "make test   - set up and run lint, unit, integration and DAG tests (CI)"
 	@echo "make unit   - unit tests only (no cluster)"
 
-# Debian packages the sandbox needs: Prometheus and openssl (root, as on our machines).
+# Debian packages the sandbox needs (Prometheus and openssl) and the distributed stack's
+# PostgreSQL and Redis (root, as on our machines).
 system-deps:
-	@command -v prometheus >/dev/null && command -v openssl >/dev/null || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends prometheus openssl >/dev/null; }
+	@command -v prometheus >/dev/null && command -v openssl >/dev/null \
+	  && command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends prometheus openssl redis-server postgresql >/dev/null; }
 
 sandbox-build:
 	sandbox/build.sh
@@ -50,6 +52,18 @@ integration: setup
 
 test: setup browser-deps lint
 	$(PYTEST) tests
+
+# docker-compose.yaml's deployment as processes (scripts/distributed_stack.py): the scheduled
+# window, a killed triggerer. Part of `make test`.
+.PHONY: distributed-test distributed-up distributed-stop
+distributed-test: setup
+	$(PYTEST) tests/distributed
+
+distributed-up: setup
+	$(PY) scripts/distributed_stack.py up
+
+distributed-stop:
+	$(PY) scripts/distributed_stack.py stop
 
 # Benchmarks print ratios against a baseline run in the same process. They use a sandbox of
 # their own (other ports) and stop it afterwards. bench/snapshot_scale.py reads the mesh with

@@ -30,9 +30,10 @@ $(UV):
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	@touch $@
 
-# Installs exactly the two locks (sync also removes anything not in them), then stamps.
-$(VENV)/.installed: requirements.txt requirements-dev.txt | $(UV)
-	$(UV) pip sync $(UV_TLS_FLAGS) --python $(PY) requirements.txt requirements-dev.txt
+# Installs exactly the three locks (sync also removes anything not in them), then stamps.
+LOCKS := requirements.txt requirements-dev.txt requirements-distributed.txt
+$(VENV)/.installed: $(LOCKS) | $(UV)
+	$(UV) pip sync $(UV_TLS_FLAGS) --python $(PY) $(LOCKS)
 	@touch $@
 
 lock: | $(UV)
@@ -40,6 +41,8 @@ lock: | $(UV)
 	  --custom-compile-command 'make -f mk/venv.mk lock  # = uv pip compile --universal --python-version 3.11 requirements.in -o requirements.txt'
 	$(UV_COMPILE) requirements-dev.in -o requirements-dev.txt \
 	  --custom-compile-command 'make -f mk/venv.mk lock  # = uv pip compile --universal --python-version 3.11 requirements-dev.in -o requirements-dev.txt'
+	$(UV_COMPILE) requirements-distributed.in -o requirements-distributed.txt \
+	  --custom-compile-command 'make -f mk/venv.mk lock  # = uv pip compile --universal --python-version 3.11 requirements-distributed.in -o requirements-distributed.txt'
 
 # When included, leave the includer's default goal alone; standalone, default to `venv`.
 ifneq ($(words $(MAKEFILE_LIST)),1)

@@ -257,9 +257,9 @@ class Api:
         self.token = token
 
     @classmethod
-    def login(cls, url: str, password: str) -> Api:
+    def login(cls, url: str, password: str, user: str = USER) -> Api:
         api = cls(url)
-        body = api.call("POST", "/auth/token", {"username": USER, "password": password})
+        body = api.call("POST", "/auth/token", {"username": user, "password": password})
         api.token = body["access_token"]
         return api
 

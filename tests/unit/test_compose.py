@@ -260,3 +260,30 @@ def test_istioctl_lands_where_the_dag_looks(tmp_path: Path, monkeypatch: Any) ->
         istioctl.SEARCH_PATH_ENV, ":".join(str(tmp_path) + p for p in search.split(":"))
     )
     assert istioctl.resolve("", version.replace(".", "-")) == str(binary)
+
+
+def test_the_distributed_stack_runs_with_the_compose_files_settings() -> None:
+    """scripts/distributed_stack.py (make distributed-test) reads its Airflow settings from
+    docker-compose.yaml: only what names a container or a path in the image differs."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import distributed_stack as ds
+
+    compose = ds.compose_env()
+    dist = ds.Dist(Path("/tmp/dist"), 28280, 25432, 26379)
+    box = {"KUBECONFIG": "/tmp/kubeconfig", "SANDBOX_PROMETHEUS_URL": "http://127.0.0.1:9"}
+    local = ds.local_env(dist, box, {"PATH": "/bin"}, compose)
+    containers = {"127.0.0.1:25432": "postgres", "127.0.0.1:26379": "redis:6379"}
+    containers["http://127.0.0.1:28280"] = "http://airflow-apiserver:8080"
+    image_paths = {"PYTHONPATH", "ISTIOCTL_SEARCH_PATH", "AIRFLOW_CONN_KUBERNETES_DEFAULT"}
+    assert compose["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    for key, value in compose.items():
+        if key in image_paths:
+            continue
+        back = local[key]
+        for here, there in containers.items():
+            back = back.replace(here, there)
+        assert back == value, key
+    conn = json.loads(local["AIRFLOW_CONN_KUBERNETES_DEFAULT"])
+    assert conn["extra"] == {"kube_config_path": "/tmp/kubeconfig", "in_cluster": False}

@@ -28,4 +28,6 @@ def test_readme_names_the_settings_and_the_lock_the_code_uses() -> None:
     for name in (config.PROMETHEUS_URLS_ENV, config.CONN_IDS_ENV, config.OVERLAY_DIR_ENV):
         assert f"| `{name}` |" in README, f"README's allow-list table lacks {name}"
     assert f"`istio-system/{upgrade_lock.LEASE_NAME}`" in README
+    for name in (config.WINDOWS_ENV, config.TARGET_ENV, config.PARAM_DEFAULTS_ENV):
+        assert f"`{name}`" in README, f"README does not say how to set {name}"
     assert f"expires by itself {upgrade_lock.LEASE_SECONDS // 60} min" in README
