@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,6 +33,8 @@ from sandbox.cli import parse_exports
 from sandbox.components import stop_group
 
 REPO = Path(__file__).resolve().parent.parent
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))  # the venv's, beside this Python
+PASSWORDS = "simple_auth_manager_passwords.json.generated"
 SANDBOX = str(REPO / "sandbox" / "sandbox")
 DAG_ID = "istio_canary_upgrade"
 DAG_FILE = "istio_canary_upgrade.py"
@@ -90,18 +92,23 @@ class Demo:
 
     @property
     def password_file(self) -> Path:
-        return self.airflow_home / "simple_auth_manager_passwords.json.generated"
+        return self.airflow_home / PASSWORDS
 
     def password(self) -> str:
         """The admin password `airflow standalone` generated (SimpleAuthManager)."""
-        try:
-            return str(json.loads(self.password_file.read_text())[USER])
-        except (OSError, ValueError, KeyError) as err:
-            raise DemoError(
-                f"no password for {USER!r} in {self.password_file} ({err}); "
-                "airflow standalone writes it on its first start: see "
-                f"{self.log}"
-            ) from err
+        return generated_password(self.airflow_home, USER, self.log)
+
+
+def generated_password(airflow_home: Path, user: str, log: Path) -> str:
+    """The password SimpleAuthManager generated for `user` when Airflow first started."""
+    path = airflow_home / PASSWORDS
+    try:
+        return str(json.loads(path.read_text())[user])
+    except (OSError, ValueError, KeyError) as err:
+        raise DemoError(
+            f"no password for {user!r} in {path} ({err}); Airflow writes it on its first "
+            f"start: see {log}"
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -185,16 +192,17 @@ def airflow_env(demo: Demo, box: dict[str, str], base: dict[str, str]) -> dict[s
             "AIRFLOW__CORE__PARALLELISM": "6",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-            "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(
-                {
-                    "conn_type": "kubernetes",
-                    # JSON boolean: the string "false" would count as true.
-                    "extra": {"kube_config_path": box["KUBECONFIG"], "in_cluster": False},
-                }
-            ),
+            "AIRFLOW_CONN_KUBERNETES_DEFAULT": kube_connection(box["KUBECONFIG"]),
         }
     )
     return env
+
+
+def kube_connection(kubeconfig: str) -> str:
+    """kubernetes_default as an AIRFLOW_CONN_ variable, pointing at a kubeconfig file."""
+    # JSON boolean: the string "false" would count as true.
+    extra = {"kube_config_path": kubeconfig, "in_cluster": False}
+    return json.dumps({"conn_type": "kubernetes", "extra": extra})
 
 
 def api_healthy(url: str) -> bool:
@@ -205,16 +213,18 @@ def api_healthy(url: str) -> bool:
         return False
 
 
-def spawn_airflow(command: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """`airflow <command>` in the background, in its own process group (stopping the group
+def spawn_airflow(
+    args: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
+    """`airflow <args>` in the background, in its own process group (stopping the group
     ends every component it starts), its output appended to `log_path`."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [str(Path(sys.executable).with_name("airflow")), command],
+            [AIRFLOW, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             start_new_session=True,
         )
@@ -232,7 +242,7 @@ def start_airflow(demo: Demo, env: dict[str, str], timeout: float = 240.0) -> in
         )
     demo.airflow_home.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    proc = spawn_airflow("standalone", env, demo.log)
+    proc = spawn_airflow(["standalone"], env, demo.log)
     say(f"airflow: starting standalone (pid {proc.pid}), log {demo.log}")
     deadline = time.monotonic() + timeout
     while not api_healthy(demo.url):

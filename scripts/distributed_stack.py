@@ -95,11 +95,7 @@ class Dist:
         return self.home / "logs" / f"{name}.log"
 
     def password(self) -> str:
-        path = self.airflow_home / "simple_auth_manager_passwords.json.generated"
-        try:
-            return str(json.loads(path.read_text())[USER])
-        except (OSError, ValueError, KeyError) as err:
-            raise DemoError(f"no password for {USER!r} in {path} ({err})") from err
+        return demo.generated_password(self.airflow_home, USER, self.log("api-server"))
 
     def api(self) -> demo.Api:
         return demo.Api.login(self.url, self.password(), USER)
@@ -123,12 +119,7 @@ def local_env(
     local = {
         **{k: here(v) for k, v in compose.items()},
         "PYTHONPATH": f"{REPO / 'include'}{os.pathsep}{REPO}",
-        "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(
-            {
-                "conn_type": "kubernetes",
-                "extra": {"kube_config_path": box["KUBECONFIG"], "in_cluster": False},
-            }
-        ),
+        "AIRFLOW_CONN_KUBERNETES_DEFAULT": demo.kube_connection(box["KUBECONFIG"]),
         "ISTIO_UPGRADE_PROMETHEUS_URLS": box["SANDBOX_PROMETHEUS_URL"],
     }
     # The image's istioctl folder; here the sandbox's istioctl builds are found as in the demo.
@@ -253,16 +244,8 @@ def spawn(dist: Dist, name: str, argv: list[str], env: Mapping[str, str]) -> int
     """`airflow <argv>` in its own process group, working directory and TMPDIR."""
     cwd = dist.home / "run" / name
     (cwd / "tmp").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("airflow")), *argv],
-        stdout=open(dist.log(name), "ab"),  # noqa: SIM115 - the child keeps it open
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        cwd=cwd,
-        env={**env, "TMPDIR": str(cwd / "tmp")},
-        start_new_session=True,
-    )
-    return proc.pid
+    env = {**env, "TMPDIR": str(cwd / "tmp")}
+    return demo.spawn_airflow(argv, env, dist.log(name), cwd).pid
 
 
 @dataclass
@@ -319,7 +302,7 @@ def up(dist: Dist, env: Mapping[str, str] | None = None) -> State:
     state.save(dist)
     with timer("airflow db migrate"):
         out = subprocess.run(
-            [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+            [demo.AIRFLOW, "db", "migrate"],
             env=state.env,
             capture_output=True,
             text=True,

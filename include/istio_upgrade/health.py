@@ -245,11 +245,6 @@ def run_check(
     return checks
 
 
-def baseline_of(checks: Iterable[MetricCheck]) -> Baseline | None:
-    """The baseline from measure_baseline's checks; None when there is none to compare with."""
-    return baseline_from(checks) or None
-
-
 def baseline_from(checks: Iterable[MetricCheck]) -> dict[tuple[str, str], float]:
     """The figures to compare with later, from a check taken before the restart.
 

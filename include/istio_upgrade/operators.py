@@ -219,7 +219,7 @@ class MetricGateSensor(BaseOperator):
                 list(rp.canary),
                 rp.params,
                 state,
-                health.baseline_of(baseline),
+                health.baseline_from(baseline),
             )
             if found is not health.HealthVerdict.PENDING:
                 return self.execute_complete(context, health.gate_event(state, found, rp.params))

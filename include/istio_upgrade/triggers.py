@@ -166,7 +166,7 @@ class MetricGateTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         params = UpgradeParams.from_json(self.params)
         state = await self._saved_state(health.GateState.from_json(self.state))
-        baseline = health.baseline_of(health.MetricCheck.from_json(c) for c in self.baseline)
+        baseline = health.baseline_from(health.MetricCheck.from_json(c) for c in self.baseline)
         if state.checks_done:  # a check was just made (on the worker, or before a restart)
             await asyncio.sleep(params.check_interval_seconds)
         while True:

@@ -1,1 +1,1 @@
-"""Tests on docker-compose.yaml's deployment run as processes: scripts/distributed.py."""
+"""Tests on docker-compose.yaml's deployment run as processes: scripts/distributed_stack.py."""

@@ -25,7 +25,6 @@ from standalone.standalone_stack import FAST_PARAMS, REPO, Stack
 sys.path.insert(0, str(REPO / "scripts"))
 import distributed_stack
 
-OUT = REPO / "out" / "distributed"
 # Apart from the default sandbox (1xxxx), the standalone tests (22xxx, 26xxx, 28080), a demo
 # and the benchmarks; below Linux's ephemeral range (32768-60999).
 OWN_PORTS = {
@@ -138,6 +137,4 @@ def dist() -> Iterator[Dist]:
         stop.set()
         if peaks:
             print(f"\n[distributed] peak RSS, MiB: {json.dumps(peaks)}")
-        if (own.home / "logs").exists():
-            shutil.copytree(own.home / "logs", OUT, dirs_exist_ok=True)
-        distributed_stack.stop(own, purge=True)
+        distributed_stack.stop(own, purge=True)  # its logs stay in DIST_TEST_HOME/logs
