@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from istio_upgrade.installer import helm_release
 from istio_upgrade.model import (
     INJECTION_LABEL,
     PROXY_CONTAINER,
@@ -144,6 +145,7 @@ def control_planes(kube: Kube) -> tuple[ControlPlane, ...]:
                 version=proxy_version(image),
                 injector_webhook=f"istio-sidecar-injector-{rev}" in webhooks
                 or (rev == "default" and "istio-sidecar-injector" in webhooks),
+                helm_release=helm_release(dep.metadata.annotations),
             )
         )
     return tuple(sorted(planes, key=lambda c: c.revision))

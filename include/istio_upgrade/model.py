@@ -72,6 +72,7 @@ class ControlPlane:
     ready: bool
     version: str | None  # the istiod image tag
     injector_webhook: bool  # MutatingWebhookConfiguration istio-sidecar-injector-<rev> exists
+    helm_release: str | None = None  # the Helm release owning istiod-<rev>; None: not Helm
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from istio_upgrade.errors import (
     ParamError,
     RevisionInUse,
 )
+from istio_upgrade.installer import check_istioctl_owns
 from istio_upgrade.istioctl import (
     Runner,
     check_version,
@@ -92,6 +93,7 @@ def validate(kube: Kube, raw: dict[str, Any]) -> ResolvedParams:
         raise NothingToDo(params.target_revision, params.tag)
     check_istioctl(kube, params)
     resolved = check_against_cluster(params, snap)
+    check_istioctl_owns(snap, (resolved.current_revision, resolved.target_revision))
     log.info(
         "validated target=%s current=%s tag=%s canary=%s namespaces=%d resumed=%s",
         resolved.target_revision,

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from sandbox_fixture import Sandbox
 
-from istio_upgrade import steps
-from istio_upgrade.errors import ParamError
+from istio_upgrade import cluster, steps
+from istio_upgrade.errors import ClusterStateError, ParamError
+from istio_upgrade.installer import HELM_RELEASE
 
 pytestmark = pytest.mark.sandbox
 
@@ -85,3 +86,27 @@ def test_bad_params_are_refused_before_any_change(
     assert err.value.fix, "every refusal says how to fix it"
     assert fix_hint in str(err.value)
     assert sandbox.resource_versions() == before
+
+
+def test_a_revision_helm_installed_is_refused_before_any_change(sandbox: Sandbox) -> None:
+    """Helm's release annotation on the current istiod (what `helm install` leaves on every
+    object it creates): the run refuses to go on with istioctl over it."""
+    kube = sandbox.kube()
+    current = cluster.tag_revision(kube, "default")
+    name = f"istiod-{current}"
+
+    def annotate(release: str | None) -> None:
+        body = {"metadata": {"annotations": {HELM_RELEASE: release}}}
+        kube.apps.patch_namespaced_deployment(name, cluster.ISTIO_NAMESPACE, body)
+
+    annotate(name)
+    try:
+        before = sandbox.resource_versions()
+        with pytest.raises(ClusterStateError) as err:
+            steps.validate(kube, params(sandbox))
+        assert f"installer of deployment istio-system/{name} is 'Helm'" in str(err.value)
+        assert "upgrade a Helm-managed Istio with Helm" in str(err.value)
+        assert sandbox.resource_versions() == before
+    finally:
+        annotate(None)
+    steps.validate(kube, params(sandbox))  # the same mesh without Helm's mark passes
