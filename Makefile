@@ -97,3 +97,9 @@ bench: setup
 	$(BENCH_ENV) $(BENCH_DEMO_ENV) $(PY) scripts/demo.py stop; \
 	$(BENCH_ENV) sandbox/sandbox down --purge; \
 	exit $$rc
+
+# The demo's run under `airflow standalone` and under the distributed stack, on one sandbox
+# (TOPOLOGY_ARGS e.g. '--runs 3 --only distributed').
+.PHONY: bench-topology
+bench-topology: setup
+	$(BENCH_ENV) $(BENCH_DEMO_ENV) $(PY) bench/topology.py --pod-ready-ms $(BENCH_POD_READY_MS) $(TOPOLOGY_ARGS)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,21 +164,35 @@ def stop_group(pid: int, grace: float = 10.0) -> bool:
 
     Returns False when there was no such group.
     """
+    return bool(stop_groups([pid], grace))
+
+
+def stop_groups(pids: Iterable[int], grace: float = 10.0) -> list[int]:
+    """SIGTERM process groups all at once (they shut down side by side), SIGKILL those whose
+    leader outlives the grace time; returns the groups that existed."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+            found.append(pid)
+    deadline = time.monotonic() + grace
+    alive = list(found)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in alive if _still_running(pid)]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    return found
+
+
+def _still_running(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it when it is our child, or it never "dies"
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child, or it never "dies"
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
     return True
 
 

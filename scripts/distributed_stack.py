@@ -20,6 +20,7 @@ ISTIO_UPGRADE_PARAM_DEFAULTS (passed on to every Airflow process, as compose wou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo
 from demo import REPO, DemoError, say, timer
 
-from sandbox.components import stop_group
+from sandbox.components import stop_groups
 
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 USER = "airflow"  # compose's SIMPLE_AUTH_MANAGER_USERS
@@ -273,9 +274,42 @@ def reseed(dist: Dist) -> None:
     demo.sandbox_up({**os.environ, **State.load(dist).sandbox_env})
 
 
+def process_parents() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every process now."""
+    out: dict[int, tuple[int, int]] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(proc.name)] = (int(fields[1]), int(fields[2]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def component_of(dist: Dist, pid: int) -> str | None:
+    """The component whose process group `pid` is in or descends from (a task's runner has
+    a group of its own under its worker's)."""
+    groups = {leader: name for name, leader in State.load(dist).pids.items()}
+    table = process_parents()
+    while pid in table:
+        parent, group = table[pid]
+        if group in groups:
+            return groups[group]
+        pid = parent
+    return None
+
+
 def kill(dist: Dist, name: str) -> None:
-    """SIGKILL a component's process group, as a lost host would end it."""
-    os.killpg(State.load(dist).pids[name], signal.SIGKILL)
+    """SIGKILL a component and every process it started, as a lost host would end them: its
+    process group, and the groups of its descendants (each task runs in one of its own)."""
+    leader = State.load(dist).pids[name]
+    table = process_parents()
+    doomed = {pid for pid, (_, group) in table.items() if group == leader}
+    while grown := {p for p, (parent, _) in table.items() if parent in doomed} - doomed:
+        doomed |= grown
+    for group in {leader} | {table[pid][1] for pid in doomed}:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
 
 
 def restart(dist: Dist, name: str) -> int:
@@ -326,11 +360,10 @@ def up(dist: Dist, env: Mapping[str, str] | None = None) -> State:
 def stop(dist: Dist, purge: bool = False) -> None:
     """Stop what `up` started (`purge`: also delete the database and the sandbox's state)."""
     state = State.load(dist)
-    for name, pid in state.pids.items():
-        if name != "redis" and demo._alive(pid):
-            stop_group(pid, STOP_GRACE)
+    airflow = [pid for name, pid in state.pids.items() if name != "redis" and demo._alive(pid)]
+    stop_groups(airflow, STOP_GRACE)
     if "redis" in state.pids and demo._alive(state.pids["redis"]):
-        stop_group(state.pids["redis"], 5)
+        stop_groups([state.pids["redis"]], 5)
     stop_postgres(dist)
     if state.sandbox_env:
         down = [demo.SANDBOX, "down", *(["--purge"] if purge else [])]

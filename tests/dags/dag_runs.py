@@ -4,11 +4,14 @@
   helper thread that acts while it runs (answers an approval, waits for a timeout).
 - `RestApi`: Airflow's own REST API (the FastAPI app `airflow api-server` serves), in
   process, logged in as the SimpleAuthManager admin through `POST /auth/token`. Answers to
-  Human-in-the-loop tasks and "Clear" go through it, as the UI sends them.
+  Human-in-the-loop tasks go through it, as the UI sends them.
 - `sweep_awaiting_input_timeouts`: the scheduler's own timeout sweep for tasks waiting for
   input (dag.test() runs no scheduler, so a response timeout would never fire otherwise).
-- `resume`: runs what is left of an existing run (after a clear) the way dag.test() runs a
-  new one.
+
+Airflow internals these helpers use, where no public API does it in process: that sweep, and
+the metadata database's models (`states` reads the run's task instances, `fail_running_runs`
+ends a run a failed test left waiting). What needs a scheduler beyond that (a cleared run
+resumed, a scheduled run) runs under a real one in tests/standalone and tests/distributed.
 """
 
 from __future__ import annotations
@@ -320,6 +323,12 @@ class RestApi:
         assert response.status_code == 200, f"GET {path}: {response.text}"
         return plain(response.json()["value"])
 
+    def try_numbers(self, run_id: str) -> dict[str, int]:
+        """task_id -> try number of the run's unmapped task instances."""
+        path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances"
+        tis = self._call("GET", path, params={"limit": 100})["task_instances"]
+        return {t["task_id"]: int(t["try_number"]) for t in tis if t["map_index"] < 0}
+
     def set_variable(self, key: str, value: str) -> None:
         self.client.delete(f"/api/v2/variables/{key}", headers=self.headers)
         self._call("POST", "/variables", json={"key": key, "value": value})
@@ -327,18 +336,6 @@ class RestApi:
     def delete_variable(self, key: str) -> None:
         response = self.client.delete(f"/api/v2/variables/{key}", headers=self.headers)
         assert response.status_code in (204, 404), response.text
-
-    def clear(self, run_id: str, task_ids: list[str]) -> list[str]:
-        """The UI's "Clear" of a task with its downstream tasks, in one run."""
-        body = {
-            "dry_run": False,
-            "dag_run_id": run_id,
-            "task_ids": task_ids,
-            "include_downstream": True,
-            "only_failed": False,
-        }
-        cleared = self._call("POST", f"/dags/{DAG_ID}/clearTaskInstances", json=body)
-        return sorted(ti["task_id"] for ti in cleared["task_instances"])
 
 
 def sweep_awaiting_input_timeouts() -> None:
@@ -348,50 +345,3 @@ def sweep_awaiting_input_timeouts() -> None:
     from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
 
     SchedulerJobRunner(job=Job()).check_awaiting_input_timeouts()
-
-
-def resume(dag: Any, run_id: str) -> Any:
-    """Run what is left of an existing (cleared) run until it ends, and return it.
-
-    What the scheduler does with a cleared run, reduced to the loop dag.test() runs for a
-    new one (airflow.sdk.definitions.dag.DAG.test): move the queued run to running, then
-    schedule what its dependencies allow and run each task in process with dag.test()'s own
-    task runner. dag.test() itself cannot continue a run: it deletes and recreates it.
-    """
-    from airflow import settings
-    from airflow.models.dagrun import DagRun
-    from airflow.sdk.definitions.dag import _run_task
-    from airflow.serialization.serialized_objects import DagSerialization
-    from airflow.utils.state import DagRunState, TaskInstanceState
-
-    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
-    session = settings.Session()
-    dr = session.query(DagRun).filter_by(dag_id=dag.dag_id, run_id=run_id).one()
-    dr.dag = scheduler_dag
-    dr.state = DagRunState.RUNNING
-    session.commit()
-    deadline = time.monotonic() + 600
-    while dr.state == DagRunState.RUNNING:
-        assert time.monotonic() < deadline, f"run {run_id} did not finish in 600s"
-        session.expire_all()
-        schedulable, _ = dr.update_state(session=session)
-        for ti in schedulable:
-            if ti.state != TaskInstanceState.UP_FOR_RESCHEDULE:
-                ti.try_number += 1
-            ti.state = TaskInstanceState.SCHEDULED
-            ti.scheduled_dttm = datetime.now(UTC)
-        session.commit()
-        scheduled = sorted(
-            (
-                ti
-                for ti in dr.get_task_instances(session=session)
-                if ti.state == TaskInstanceState.SCHEDULED
-            ),
-            key=lambda ti: ti.map_index,  # earlier waves first (see map_order)
-        )
-        if not scheduled:
-            time.sleep(1)
-        for ti in scheduled:
-            _run_task(ti=ti, task=dag.task_dict[ti.task_id], run_triggerer=True)
-    session.close()
-    return dr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -188,11 +189,17 @@ def test_an_install_the_cluster_refuses_stops_before_the_tag_moves(
 ) -> None:
     box = seeded
     before = revisions(box)
+
+    def quick_retries(dag: Any) -> None:
+        # the same two retries, without the 30 s and 60 s waits between them
+        dag.task_dict["install_revision"].retry_delay = timedelta(seconds=1)
+
     with cluster_refuses_deployment(box, f"istiod-{box.new_revision}"):
-        dr = run_dag(fast_params(box))
+        dr = run_dag(fast_params(box), prepare=quick_retries)
     run = states(dr.run_id)
     assert str(dr.state) == "failed", run
     assert run["install_revision"] == "failed", run
+    assert rest_api.try_numbers(dr.run_id)["install_revision"] == 3  # two retries, then red
     assert run["move_tag"] == run["upgrade_gateways"] == "upstream_failed", run
     assert all(run[t] == "skipped" for t in ROLLBACK), run  # nothing moved: nothing to undo
     assert run["report"] == "success" and run["conclude"] == "failed", run

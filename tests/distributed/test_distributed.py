@@ -10,9 +10,20 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from standalone.standalone_stack import demo
+from standalone.test_killed_task import (
+    crowded_canary,
+    generations,
+    kill_after_first_restart,
+    wait_running,
+    worker_of,
+)
 from standalone.test_spurious_failures import wait_until
 
 from distributed.conftest import Dist, distributed_stack
+from istio_upgrade import cluster
+from istio_upgrade.cluster import KubeTarget
+from istio_upgrade.steps import restart_stamp
 
 pytestmark = pytest.mark.sandbox
 
@@ -111,3 +122,36 @@ def test_a_killed_triggerer_hands_the_gate_on_with_its_checks(dist: Dist) -> Non
     gate = dist.stack.xcom(run_id, "metric_gate")
     assert gate["verdict"] == "passed", json.dumps(gate)
     assert gate["checks_done"] > int(resumed[-1]) >= 2, gate  # it went on counting
+
+
+def test_a_lost_worker_hands_the_canary_restart_to_the_other(dist: Dist) -> None:
+    """The demo's run, triggered by hand, while the Celery worker restarting the canary
+    namespace is lost with the task processes it started (SIGKILL, as a lost host): once its
+    heartbeats are older than compose's task_instance_heartbeat_timeout the scheduler fails
+    the try, the other worker runs the retry, and that restarts only what the first try had
+    not. The lost worker stays down to the end, so no other worker could have run it."""
+    distributed_stack.reseed(dist.dist)
+    kube = cluster.connect(KubeTarget(kubeconfig=dist.stack.box["KUBECONFIG"]))
+    with crowded_canary(kube) as before:
+        run_id = dist.stack.start(**demo.DEMO_PARAMS)
+        stamp = restart_stamp(run_id, dist.stack.box["SANDBOX_NEW_REVISION"])
+        lost = distributed_stack.component_of(
+            dist.dist, worker_of(wait_running(dist.stack, run_id, "upgrade_canary"))
+        )
+        assert lost in distributed_stack.WORKERS, lost
+        done_when_killed = kill_after_first_restart(
+            kube, stamp, lambda: distributed_stack.kill(dist.dist, lost)
+        )
+        try:
+            assert dist.stack.finished(run_id) == "success", dist.stack.progress.getvalue()
+            assert_upgraded(dist, dict(dist.stack.api.dag_run(run_id)))
+            canary = {t["task_id"]: t for t in dist.stack.api.task_instances(run_id)}
+            assert canary["upgrade_canary"]["try_number"] == 2, canary["upgrade_canary"]
+            retry = f"run_id={run_id}/task_id=upgrade_canary/attempt=2.log"
+            (other,) = set(distributed_stack.WORKERS) - {lost}
+            assert retry in dist.dist.log(other).read_text(), f"{other} did not run the retry"
+            after = generations(kube)
+            # one template change each: a second restart would have bumped it again
+            assert after == {n: g + 1 for n, g in before.items()}, (done_when_killed, after)
+        finally:
+            distributed_stack.restart(dist.dist, lost)

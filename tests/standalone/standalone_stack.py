@@ -64,7 +64,7 @@ FAST_PARAMS: dict[str, Any] = {
 }
 
 
-EXTRA_NAMESPACES = 4  # mesh-0001..0004 beside foo, bar, baz and qux
+EXTRA_NAMESPACES = 4  # mesh-0000..0003 beside foo, bar, baz and qux
 
 
 @dataclass

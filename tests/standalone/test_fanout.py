@@ -50,7 +50,7 @@ def test_waves_run_in_order_and_every_task_ends_green(stack: Stack, ui_run: UiRu
     assert all(s == "success" for t, s in states.items() if t not in skipped), states
 
     done = outcomes(stack, ui_run.run_id)
-    assert len(done) == 7, done  # baz, foo, mesh-0001..0004, qux after the canary bar
+    assert len(done) == 7, done  # baz, foo, mesh-0000..0003, qux after the canary bar
     assert {o["state"] for o in done} == {"moved"}, done
     waves: dict[int, list[dict[str, Any]]] = {}
     for o in done:

@@ -11,10 +11,11 @@ retry finds the stamped workloads already restarted and restarts only the rest.
 from __future__ import annotations
 
 import os
-import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from signal import SIGKILL
 
 import pytest
 from integration.plain_deployment import plain_deployment
@@ -82,9 +83,10 @@ def wait_running(stack: Stack, run_id: str, key: str, timeout: float = 240) -> s
     raise AssertionError(f"{key} never ran: {stack.states(run_id)}")
 
 
-def test_a_task_killed_mid_restart_is_retried_without_restarting_twice(stack: Stack) -> None:
-    reseed(stack)
-    kube = cluster.connect(KubeTarget(kubeconfig=stack.box["KUBECONFIG"]))
+@contextmanager
+def crowded_canary(kube: Kube) -> Iterator[dict[str, int]]:
+    """The canary namespace with EXTRA_DEPLOYMENTS more Deployments, rolled out; yields every
+    Deployment's generation before the run, and deletes the extra ones after."""
     names = [f"it-killed-{i:02d}" for i in range(EXTRA_DEPLOYMENTS)]
     for name in names:
         kube.apps.create_namespaced_deployment(CANARY, plain_deployment(name))
@@ -95,21 +97,34 @@ def test_a_task_killed_mid_restart_is_retried_without_restarting_twice(stack: St
             lambda: all(s.complete for s in cluster.rollout_states(kube, refs)),
             120,
         )
-        before = generations(kube)
+        yield generations(kube)
+    finally:
+        for name in names:
+            kube.apps.delete_namespaced_deployment(name, CANARY)
 
+
+def kill_after_first_restart(kube: Kube, stamp: str, kill: Callable[[], None]) -> int:
+    """Call `kill` as soon as the run's first canary Deployment is stamped; how many were
+    stamped by then (the test is void when that is all of them)."""
+    while not stamped(kube, stamp):
+        time.sleep(0.01)
+    kill()
+    done = len(stamped(kube, stamp))
+    assert done < EXTRA_DEPLOYMENTS, "the kill came after every restart"
+    return done
+
+
+def test_a_task_killed_mid_restart_is_retried_without_restarting_twice(stack: Stack) -> None:
+    reseed(stack)
+    kube = cluster.connect(KubeTarget(kubeconfig=stack.box["KUBECONFIG"]))
+    with crowded_canary(kube) as before:
         run_id = stack.start(canary_namespaces=[CANARY], wave_concurrency=4)
         stamp = restart_stamp(run_id, stack.box["SANDBOX_NEW_REVISION"])
         pid = worker_of(wait_running(stack, run_id, "upgrade_canary"))
-        while not stamped(kube, stamp):
-            time.sleep(0.01)
-        os.kill(pid, signal.SIGKILL)  # raises if the task had already left its process
-        done_when_killed = len(stamped(kube, stamp))
-        assert done_when_killed < len(before), "the kill came after every restart"
+        # os.kill raises if the task had already left its process
+        done_when_killed = kill_after_first_restart(kube, stamp, lambda: os.kill(pid, SIGKILL))
 
         assert_completed_with_one_retry(stack, run_id, "upgrade_canary")
         after = generations(kube)
         # one template change each: a second restart would have bumped it again
         assert after == {n: g + 1 for n, g in before.items()}, (done_when_killed, before, after)
-    finally:
-        for name in names:
-            kube.apps.delete_namespaced_deployment(name, CANARY)
