@@ -106,7 +106,9 @@ def crowded_canary(kube: Kube) -> Iterator[dict[str, int]]:
 def kill_after_first_restart(kube: Kube, stamp: str, kill: Callable[[], None]) -> int:
     """Call `kill` as soon as the run's first canary Deployment is stamped; how many were
     stamped by then (the test is void when that is all of them)."""
+    end = time.monotonic() + 120
     while not stamped(kube, stamp):
+        assert time.monotonic() < end, f"no Deployment of {CANARY} was restarted by the run"
         time.sleep(0.01)
     kill()
     done = len(stamped(kube, stamp))
