@@ -48,7 +48,7 @@ for _path in (REPO / "include", REPO, REPO / "scripts", REPO / "bench"):
 import demo  # noqa: E402 - one module for both stacks (distributed_stack imports it so)
 import distributed_stack  # noqa: E402
 from demo import Api  # noqa: E402
-from upgrade_scale import bench_env, say  # noqa: E402
+from upgrade_scale import BenchError, bench_env, say, warm_up  # noqa: E402
 
 DIST_DEFAULTS = {
     "DIST_HOME": "/tmp/istio-canary-bench-dist",
@@ -109,11 +109,8 @@ def run_upgrades(
 ) -> list[RunTimes]:
     """One dry run to warm up, then `runs` upgrades with the demo's params, each from the
     seeded state."""
+    warm_up(api(), box)
     conf = demo.conf_for(box)
-    warm = demo.trigger(api(), {**conf, "dry_run": True})
-    with contextlib.redirect_stdout(sys.stderr):
-        if demo.follow(api(), warm, timeout=300) != "success":
-            raise demo.DemoError(f"the warm-up dry run {warm} did not succeed")
     out = []
     for i in range(runs):
         with contextlib.redirect_stdout(sys.stderr):
@@ -191,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in [args.only] if args.only else TOPOLOGIES:
             results.append(measure(name, env, args.runs))
-    except demo.DemoError as err:
+    except (demo.DemoError, BenchError) as err:
         say(f"error: {err}")
         return 2
     finally:

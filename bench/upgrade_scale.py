@@ -617,6 +617,18 @@ class DagResult:
     error: str = ""
 
 
+def warm_up(api: demo.Api, box: dict[str, str]) -> None:
+    """One dry run before any measured run: a deployed Airflow has run the DAG before,
+    and a fresh one spends about 3 s once on its first task (measured: the first task's
+    start waits that long for the execution API, later ones 20 ms)."""
+    run_id = demo.trigger(api, {**demo.conf_for(box), "dry_run": True})
+    say(f"warm-up: dry run {run_id}")
+    with contextlib.redirect_stdout(sys.stderr):
+        state = demo.follow(api, run_id, timeout=300)
+    if state != "success":
+        raise BenchError(f"the warm-up dry run {run_id} ended {state}")
+
+
 class Airflow:
     """The bench's `airflow standalone` (scripts/demo.py), started on first use."""
 
@@ -633,21 +645,9 @@ class Airflow:
             with contextlib.redirect_stdout(sys.stderr):  # demo.py's progress lines
                 self.stack = demo.bring_up(self.demo, self.env)
             self.api = self.stack.api()
-            self._warm_up(self.stack, self.api)
+            warm_up(self.api, self.stack.box)
         self.api = self.stack.api()
         return self.stack
-
-    @staticmethod
-    def _warm_up(stack: demo.Stack, api: demo.Api) -> None:
-        """One dry run before any measured run: a deployed Airflow has run the DAG before,
-        and a fresh one spends about 3 s once on its first task (measured: the first task's
-        start waits that long for the execution API, later ones 20 ms)."""
-        run_id = demo.trigger(api, {**demo.conf_for(stack.box), "dry_run": True})
-        say(f"warm-up: dry run {run_id}")
-        with contextlib.redirect_stdout(sys.stderr):
-            state = demo.follow(api, run_id, timeout=300)
-        if state != "success":
-            raise BenchError(f"the warm-up dry run {run_id} ended {state}")
 
     def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
         """The REST API; logs in again when the token expired."""

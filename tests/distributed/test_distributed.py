@@ -145,8 +145,8 @@ def test_a_lost_worker_hands_the_canary_restart_to_the_other(dist: Dist) -> None
         try:
             assert dist.stack.finished(run_id) == "success", dist.stack.progress.getvalue()
             assert_upgraded(dist, dict(dist.stack.api.dag_run(run_id)))
-            canary = {t["task_id"]: t for t in dist.stack.api.task_instances(run_id)}
-            assert canary["upgrade_canary"]["try_number"] == 2, canary["upgrade_canary"]
+            tis = {t["task_id"]: t for t in dist.stack.api.task_instances(run_id)}
+            assert tis["upgrade_canary"]["try_number"] == 2, tis["upgrade_canary"]
             retry = f"run_id={run_id}/task_id=upgrade_canary/attempt=2.log"
             (other,) = set(distributed_stack.WORKERS) - {lost}
             assert retry in dist.dist.log(other).read_text(), f"{other} did not run the retry"

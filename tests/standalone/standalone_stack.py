@@ -102,6 +102,23 @@ class Stack:
             for t in self.api.task_instances(run_id)
         }
 
+    def clear(self, run_id: str, task_ids: list[str]) -> list[str]:
+        """The UI's "Clear" of tasks with their downstream tasks (the run goes back to
+        running); the task ids it cleared (a mapped task once per map index)."""
+        cleared = self.api.call(
+            "POST",
+            f"/api/v2/dags/{demo.DAG_ID}/clearTaskInstances",
+            {
+                "dag_run_id": run_id,
+                "task_ids": task_ids,
+                "only_failed": False,
+                "include_downstream": True,
+                "reset_dag_runs": True,
+                "dry_run": False,
+            },
+        )
+        return sorted(t["task_id"] for t in cleared["task_instances"])
+
     def xcom(self, run_id: str, task_id: str, key: str = "return_value", index: int = -1) -> Any:
         path = f"/api/v2/dags/{demo.DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}"
         return plain(self.api.call("GET", f"{path}/xcomEntries/{key}", map_index=index)["value"])

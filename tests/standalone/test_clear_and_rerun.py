@@ -61,23 +61,8 @@ def test_clear_the_failed_removal_after_the_fix_and_the_same_run_completes(
         moved = owned_pod_uids(kube)
 
         kubectl(stack, "delete", "namespace", PINNED, "--wait=true")
-        cleared = stack.api.call(
-            "POST",
-            "/api/v2/dags/istio_canary_upgrade/clearTaskInstances",
-            {
-                "dag_run_id": run_id,
-                "task_ids": ["remove_old_revision"],
-                "only_failed": False,
-                "include_downstream": True,
-                "reset_dag_runs": True,
-                "dry_run": False,
-            },
-        )
-        assert sorted(t["task_id"] for t in cleared["task_instances"]) == [
-            "conclude",
-            "remove_old_revision",
-            "report",
-        ]
+        cleared = stack.clear(run_id, ["remove_old_revision"])
+        assert cleared == ["conclude", "remove_old_revision", "report"]
 
         assert stack.finished(run_id) == "success", stack.progress.getvalue()
         states = stack.states(run_id)

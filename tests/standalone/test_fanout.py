@@ -100,18 +100,7 @@ def test_a_failed_namespace_stops_the_later_waves_and_clearing_resumes(stack: St
             kubectl(stack, "patch", d, "-n", first, "-p", json.dumps(restore))
 
     # The fix is in: clear the namespaces' task with what follows it, as a person would.
-    stack.api.call(
-        "POST",
-        "/api/v2/dags/istio_canary_upgrade/clearTaskInstances",
-        {
-            "dag_run_id": run_id,
-            "task_ids": ["upgrade_namespace"],
-            "only_failed": False,
-            "include_downstream": True,
-            "reset_dag_runs": True,
-            "dry_run": False,
-        },
-    )
+    stack.clear(run_id, ["upgrade_namespace"])
     assert stack.finished(run_id) == "success", stack.progress.getvalue()
     states = stack.states(run_id)
     assert all(s in ("success", "skipped") for s in states.values()), states
