@@ -57,6 +57,7 @@ for _path in (REPO / "include", REPO):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from sandbox import procfs  # noqa: E402
 from sandbox.cli import parse_exports  # noqa: E402
 from scripts import demo  # noqa: E402
 
@@ -298,47 +299,16 @@ class Requests:
         )
 
 
-def _process_table() -> dict[int, int]:
-    """pid -> parent pid of every process."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                table[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return table
-
-
-def tree_memory(roots: Iterable[int], table: Mapping[int, int]) -> tuple[int, int]:
+def tree_memory(roots: Iterable[int], table: Mapping[int, procfs.Stat]) -> tuple[int, int]:
     """(RSS, PSS) bytes summed over the processes under `roots`, them included. The RSS sum
     counts pages that forked processes share once per process; PSS splits them fairly."""
-    children: dict[int, list[int]] = {}
-    for pid, ppid in table.items():
-        children.setdefault(ppid, []).append(pid)
-    todo, seen = [r for r in roots if r in table], set()
-    while todo:
-        pid = todo.pop()
-        if pid not in seen:
-            seen.add(pid)
-            todo += children.get(pid, [])
-    page = os.sysconf("SC_PAGE_SIZE")
     rss = pss = 0
-    for pid in seen:
+    for pid in procfs.descendants(roots, table):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+            rss += table[pid].rss_bytes
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
             pss += int(rollup.split("\nPss:", 1)[1].split()[0]) * 1024
     return rss, pss
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and of its children it has reaped (utime+stime+cutime+cstime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def _cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
 
 
 # Airflow's processes by what `airflow standalone` starts; a scheduler's descendants are
@@ -351,33 +321,17 @@ def cpu_by_role(airflow_pid: int | None, sandbox_pids: Iterable[int]) -> dict[st
     """CPU seconds so far of Airflow's processes by role, of the task processes under the
     scheduler, and of the sandbox. A process's children count once reaped (cutime); one that
     started and ended between two readings counts in its parent's figure."""
-    table = _process_table()
-    children: dict[int, list[int]] = {}
-    for pid, ppid in table.items():
-        children.setdefault(ppid, []).append(pid)
-
-    def tree(root: int) -> list[int]:
-        out, todo = [], [root]
-        while todo:
-            pid = todo.pop()
-            out.append(pid)
-            todo += children.get(pid, [])
-        return out
-
+    table = procfs.stats()
     cpu: Counter[str] = Counter()
-    for top in children.get(airflow_pid or -1, []):
+    for top in [pid for pid, s in table.items() if s.parent == airflow_pid]:
         role = "other"
         with contextlib.suppress(OSError):
-            title = _cmdline(top).replace("_", "-")  # the api-server calls itself api_server
+            title = procfs.cmdline(top).replace("_", "-")  # the api-server calls itself api_server
             role = next((r for r in ROLES if f"airflow {r}" in title), "other")
-        for pid in tree(top):
-            part = TASKS if role == "scheduler" and pid != top else role
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                cpu[part] += _cpu_seconds(pid)
-    for root in sandbox_pids:
-        for pid in tree(root):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                cpu["sandbox"] += _cpu_seconds(pid)
+        for pid in procfs.descendants([top], table):
+            cpu[TASKS if role == "scheduler" and pid != top else role] += table[pid].cpu_seconds
+    for pid in procfs.descendants(sandbox_pids, table):
+        cpu["sandbox"] += table[pid].cpu_seconds
     return dict(cpu)
 
 
@@ -428,7 +382,7 @@ class Sampler:
         scraped = requests is not None
         if requests is None:
             requests = self.samples[-1].requests if self.samples else Counter()
-        table = _process_table()
+        table = procfs.stats()
         airflow = tree_memory([self.airflow_pid], table) if self.airflow_pid else (0, 0)
         sandbox = tree_memory(self.sandbox_pids(), table)
         self.samples.append(Sample(time.time(), requests, airflow, sandbox, scraped))

@@ -111,6 +111,7 @@ from istio_upgrade.params import TARGET_VARIABLE, ResolvedParams, form_params
 from istio_upgrade.report import Prechecked, RunReport
 from istio_upgrade.retry_policies import (
     API_RETRY,
+    APPROVAL_RETRY,
     DEFERRED_API_RETRY,
     DEFERRED_VERDICT_RETRY,
     ISTIOCTL_RETRY,
@@ -368,7 +369,7 @@ def istio_canary_upgrade() -> None:
         task_id="metric_gate", resolved=resolved, baseline=baseline, **DEFERRED_VERDICT_RETRY
     )
     approve = CanaryApproval(
-        task_id="approve_canary", resolved=resolved, gate=gate.output, **DEFERRED_VERDICT_RETRY
+        task_id="approve_canary", resolved=resolved, gate=gate.output, **APPROVAL_RETRY
     )
     (
         pre

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo
 from demo import REPO, DemoError, say, timer
 
+from sandbox import procfs
 from sandbox.components import stop_groups
 
 COMPOSE_FILE = REPO / "docker-compose.yaml"
@@ -274,28 +275,15 @@ def reseed(dist: Dist) -> None:
     demo.sandbox_up({**os.environ, **State.load(dist).sandbox_env})
 
 
-def process_parents() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, process group) of every process now."""
-    out: dict[int, tuple[int, int]] = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            out[int(proc.name)] = (int(fields[1]), int(fields[2]))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
 def component_of(dist: Dist, pid: int) -> str | None:
     """The component whose process group `pid` is in or descends from (a task's runner has
     a group of its own under its worker's)."""
     groups = {leader: name for name, leader in State.load(dist).pids.items()}
-    table = process_parents()
+    table = procfs.stats()
     while pid in table:
-        parent, group = table[pid]
-        if group in groups:
-            return groups[group]
-        pid = parent
+        if table[pid].group in groups:
+            return groups[table[pid].group]
+        pid = table[pid].parent
     return None
 
 
@@ -303,11 +291,10 @@ def kill(dist: Dist, name: str) -> None:
     """SIGKILL a component and every process it started, as a lost host would end them: its
     process group, and the groups of its descendants (each task runs in one of its own)."""
     leader = State.load(dist).pids[name]
-    table = process_parents()
-    doomed = {pid for pid, (_, group) in table.items() if group == leader}
-    while grown := {p for p, (parent, _) in table.items() if parent in doomed} - doomed:
-        doomed |= grown
-    for group in {leader} | {table[pid][1] for pid in doomed}:
+    table = procfs.stats()
+    in_group = [pid for pid, s in table.items() if s.group == leader]
+    doomed = procfs.descendants(in_group, table)
+    for group in {leader} | {table[pid].group for pid in doomed}:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
 

@@ -22,7 +22,12 @@ from istio_upgrade.model import WorkloadRef
 from istio_upgrade.params import ResolvedParams
 from istio_upgrade.run_state import task_key
 from istio_upgrade.steps import restart_stamp
-from istio_upgrade.triggers import MetricGateTrigger, NamespaceUpgradeTrigger, RolloutTrigger
+from istio_upgrade.triggers import (
+    EarlierAnswerTrigger,
+    MetricGateTrigger,
+    NamespaceUpgradeTrigger,
+    RolloutTrigger,
+)
 
 
 def record_timing(context: Context) -> None:
@@ -55,6 +60,14 @@ def failed_tasks(context: Context, among: Collection[str] | None = None) -> list
         if state == "failed" and (among is None or task_id in among):
             failed.append(task_id if index < 0 else f"{task_id}[{index}]")
     return sorted(failed)
+
+
+def notes_kube(rp: ResolvedParams) -> cluster.Kube | None:
+    """Where a task keeps what must survive its retries (the run's lock, `run_notes`);
+    None: a run without a lock (a dry run)."""
+    if not rp.lock_holder:
+        return None
+    return cluster.connect(kube_target(rp.params.kubernetes_conn_id))
 
 
 class RolloutSensor(BaseOperator):
@@ -197,7 +210,7 @@ class MetricGateSensor(BaseOperator):
             rp.params.check_interval_seconds,
             rp.params.failure_limit,
         )
-        kube = self._kube(rp)
+        kube = notes_kube(rp)
         saved = run_notes.saved_gate(kube, rp.lock_holder) if kube else None
         state = saved or health.GateState(started_at=time.time())
         if state.checks_done:
@@ -238,16 +251,10 @@ class MetricGateSensor(BaseOperator):
             method_name="execute_complete",
         )
 
-    def _kube(self, rp: ResolvedParams) -> cluster.Kube | None:
-        """Where the gate keeps its counts (the run's lock); None: a run without a lock."""
-        if not rp.lock_holder:
-            return None
-        return cluster.connect(kube_target(rp.params.kubernetes_conn_id))
-
     def execute_complete(self, context: Context, event: dict[str, Any]) -> health.GateResult:
         self.log.info("gate verdict=%s %s", event["status"], event["message"])
         rp: ResolvedParams = self.resolved
-        if kube := self._kube(rp):
+        if kube := notes_kube(rp):
             run_notes.forget_gate(kube, rp.lock_holder)
         record_timing(context)
         return health.GateResult.of_event(event)
@@ -262,6 +269,9 @@ class CanaryApproval(HITLOperator):
     the result (an `approval.Answer`), not the task state: the `decide` branch weighs it with the
     gate's verdict, so Reject leads to the rollback instead of skipping everything after.
     On Airflow 3.3 the task waits in the awaiting_input state (no worker, no triggerer).
+    A retry (Airflow may fail a try by itself, even after the person answered) first looks
+    for an answer given to the earlier try and keeps it; it asks again only without one,
+    and then only until the first question's deadline (kept on the run's lock).
     """
 
     template_fields = (*HITLOperator.template_fields, "resolved", "gate")
@@ -283,17 +293,54 @@ class CanaryApproval(HITLOperator):
         skip = approval.skip_reason(rp.params.require_approval, self.gate)
         if skip:
             raise AirflowSkipException(skip)
+        kube = notes_kube(rp)
+        if kube and run_notes.asked_until(kube, rp.lock_holder) is not None:
+            # An earlier try asked and handed no answer over (Airflow failed or retried it,
+            # maybe after the person answered): look for that answer before asking again.
+            self.defer(
+                trigger=EarlierAnswerTrigger(str(context["ti"].id)),
+                method_name="execute_earlier_answer",
+            )
+        return self._ask(context, None)
+
+    def execute_earlier_answer(
+        self, context: Context, event: dict[str, Any]
+    ) -> approval.Answer | None:
+        rp: ResolvedParams = self.resolved
+        kube = notes_kube(rp)
+        if event["received"]:
+            answer = approval.answer_from(
+                event["chosen_options"], event["responded_by_user"], timed_out=False
+            )
+            self.log.info("kept the answer given to an earlier try: %s", answer.message)
+            return self._hand_over(answer)
+        deadline = run_notes.asked_until(kube, rp.lock_holder) if kube else None
+        self.log.info("an earlier try asked and got no answer: asking again")
+        return self._ask(context, deadline)
+
+    def _ask(self, context: Context, deadline: float | None) -> approval.Answer | None:
+        """Ask (the task then awaits input), or take the default when `deadline` passed."""
+        rp: ResolvedParams = self.resolved
         question = tasks.approval_question(rp, self.gate)
+        now = time.time()
+        deadline = deadline or now + question.timeout_seconds
+        if deadline <= now:
+            self.log.info("the question's deadline passed while Airflow retried the task")
+            return self._hand_over(approval.Answer(question.default, None, timed_out=True))
+        if kube := notes_kube(rp):
+            run_notes.save_asked(kube, rp.lock_holder, deadline)
         self.subject = question.subject
         self.body = question.body
         self.defaults = [question.default]
-        self.response_timeout = timedelta(seconds=question.timeout_seconds)
+        # a retry asks until the first try's deadline, not for the whole timeout again
+        self.response_timeout = timedelta(seconds=max(1, round(deadline - now)))
         self.log.info(
             "asking for approval default=%s timeout=%ss",
             question.default,
-            question.timeout_seconds,
+            self.response_timeout.total_seconds(),
         )
-        return super().execute(context)
+        super().execute(context)
+        return None  # not reached: the task awaits input, then resumes in execute_complete
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> approval.Answer:
         response: Mapping[str, Any] = super().execute_complete(context=context, event=event)
@@ -303,6 +350,11 @@ class CanaryApproval(HITLOperator):
             timed_out=bool(event.get("timedout")),
         )
         self.log.info("approval option=%s by=%s", answer.option, answer.by or "nobody (timeout)")
+        return self._hand_over(answer)
+
+    def _hand_over(self, answer: approval.Answer) -> approval.Answer:
+        if kube := notes_kube(self.resolved):
+            run_notes.forget_asked(kube, self.resolved.lock_holder)
         return answer
 
 

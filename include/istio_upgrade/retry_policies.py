@@ -55,7 +55,7 @@ NO_RETRY: dict[str, Any] = {"retries": 0, "execution_timeout": EXECUTION_TIMEOUT
 # one more try: an API hiccup, or Airflow failing the try itself (apache/airflow#71172,
 # #72716: seen on the approval). A retried wait keeps its deadline where it can (rollouts:
 # from the restart); a retried gate goes on with its counts (run_notes); a retried
-# approval asks again (the earlier try's answer is out of a task's reach).
+# approval keeps an answer given to the failed try, or asks again until the same deadline.
 VERDICT_RETRY: dict[str, Any] = {
     "retries": 1,
     "retry_delay": timedelta(seconds=10),
@@ -75,3 +75,7 @@ VERDICT_RETRY: dict[str, Any] = {
 # a namespace waits for the waves before it, however many there are).
 DEFERRED_VERDICT_RETRY: dict[str, Any] = {**VERDICT_RETRY, "execution_timeout": None}
 DEFERRED_API_RETRY: dict[str, Any] = {**API_RETRY, "execution_timeout": None}
+# The approval meets Airflow 3.3.2's race at two points of one question: when it is asked
+# and when it is answered (apache/airflow#71172: an answer within seconds of the question).
+# A retry keeps what was answered, so both may strike without failing the run.
+APPROVAL_RETRY: dict[str, Any] = {**DEFERRED_VERDICT_RETRY, "retries": 2}

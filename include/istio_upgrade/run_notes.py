@@ -32,3 +32,23 @@ def saved_gate(kube: Kube, holder: str) -> GateState | None:
 def forget_gate(kube: Kube, holder: str) -> None:
     """The verdict is the task's result now: a later clear of the task judges afresh."""
     upgrade_lock.write_note(kube, holder, GATE, None)
+
+
+APPROVAL = "approval"
+
+
+def save_asked(kube: Kube, holder: str, deadline: float) -> None:
+    """A person is being asked, until `deadline` (epoch seconds): a retry of the task must
+    look for an answer given meanwhile before it asks again, and keep the deadline."""
+    upgrade_lock.write_note(kube, holder, APPROVAL, json.dumps({"deadline": deadline}))
+
+
+def asked_until(kube: Kube, holder: str) -> float | None:
+    """The deadline of a question an earlier try asked and never handed an answer of."""
+    text = upgrade_lock.note(kube, holder, APPROVAL)
+    return None if text is None else float(json.loads(text)["deadline"])
+
+
+def forget_asked(kube: Kube, holder: str) -> None:
+    """The answer is the task's result now: a later clear of the task asks afresh."""
+    upgrade_lock.write_note(kube, holder, APPROVAL, None)

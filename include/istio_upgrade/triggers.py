@@ -213,6 +213,40 @@ class MetricGateTrigger(BaseTrigger):
         return initial
 
 
+class EarlierAnswerTrigger(BaseTrigger):
+    """Reads the answer a person gave to an earlier try of the approval, if any.
+
+    Airflow keeps a task instance's Human-in-the-loop row across retries, answer included,
+    until the next try asks (which blanks the answer). Only the triggerer may read it in
+    Airflow 3.3 (a worker's task runner has no such call), so a retried approval defers
+    here once before it asks again. Yields `{"received": bool, "chosen_options": [...],
+    "responded_by_user": {...} | None}`.
+    """
+
+    def __init__(self, ti_id: str) -> None:
+        super().__init__()
+        self.ti_id = ti_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}", {"ti_id": self.ti_id})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from uuid import UUID
+
+        from airflow.sdk.execution_time.hitl import get_hitl_detail_content_detail
+        from asgiref.sync import sync_to_async
+
+        found = await sync_to_async(get_hitl_detail_content_detail)(ti_id=UUID(self.ti_id))
+        by = found.responded_by_user
+        yield TriggerEvent(
+            {
+                "received": bool(found.response_received),
+                "chosen_options": list(found.chosen_options or []),
+                "responded_by_user": None if by is None else {"id": by.id, "name": by.name},
+            }
+        )
+
+
 class NamespaceUpgradeTrigger(BaseTrigger):
     """Moves one namespace of the waves: waits for its turn, restarts, waits, verifies.
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from standalone.standalone_stack import FAST_PARAMS, REPO, Stack
 
+from sandbox import procfs
+
 sys.path.insert(0, str(REPO / "scripts"))
 import distributed_stack
 
@@ -82,15 +84,9 @@ def peak_rss(state_of: distributed_stack.Dist, stop: threading.Event) -> dict[st
     def sample() -> None:
         groups = {pid: name for name, pid in distributed_stack.State.load(state_of).pids.items()}
         used: dict[str, int] = {}
-        for proc in Path("/proc").iterdir():
-            try:
-                stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-                name = groups.get(int(stat[2]))  # its process group
-                rss = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
-            except (OSError, ValueError, IndexError):
-                continue
-            if name:
-                used[name] = used.get(name, 0) + rss
+        for stat in procfs.stats().values():
+            if name := groups.get(stat.group):
+                used[name] = used.get(name, 0) + stat.rss_bytes
         for name, rss in used.items():
             peaks[name] = max(peaks.get(name, 0), rss // 2**20)
 

@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from signal import SIGKILL
 
 import pytest
@@ -25,6 +24,7 @@ from istio_upgrade import cluster
 from istio_upgrade.cluster import RESTART_ANNOTATION, Kube, KubeTarget
 from istio_upgrade.model import WorkloadRef
 from istio_upgrade.steps import restart_stamp
+from sandbox import procfs
 from standalone.standalone_stack import Stack, reseed
 from standalone.test_spurious_failures import assert_completed_with_one_retry, instances
 
@@ -50,22 +50,11 @@ def stamped(kube: Kube, stamp: str) -> list[str]:
     ]
 
 
-def processes() -> Iterator[tuple[int, str]]:
-    """(pid, command line) of every process we may read."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            yield int(proc.name), (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            continue
-
-
 def worker_of(ti_id: str, timeout: float = 60) -> int:
     """The pid of the process running task instance `ti_id`."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        found = [pid for pid, cmd in processes() if f"airflow worker -- {ti_id}" in cmd]
+        found = [p for p, cmd in procfs.commands().items() if f"airflow worker -- {ti_id}" in cmd]
         if found:
             return found[0]
         time.sleep(0.02)

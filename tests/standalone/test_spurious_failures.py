@@ -11,20 +11,26 @@ task on its second try.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
 from istio_upgrade import approval, cluster, run_notes, upgrade_lock
 from istio_upgrade.cluster import KubeTarget
+from sandbox import procfs
 from standalone.standalone_stack import Stack, reseed
 
 pytestmark = pytest.mark.sandbox
 
 ANSWER_AFTER_SECONDS = 10
+ASKED = re.compile(r"asking for approval default=\w+ timeout=([0-9.]+)s")
 
 # What the scheduler does on "Executor reported that the task instance ... finished with
 # state success, but the task instance's state attribute is ..." (scheduler_job_runner.py).
@@ -87,12 +93,16 @@ def wait_until(stack: Stack, run_id: str, key: str, state: str, timeout: float =
 
 
 def assert_completed_with_one_retry(stack: Stack, run_id: str, retried: str) -> None:
+    assert_completed_with_retries(stack, run_id, retried, tries=2)
+
+
+def assert_completed_with_retries(stack: Stack, run_id: str, retried: str, tries: int) -> None:
     assert stack.finished(run_id) == "success", stack.progress.getvalue()
     tis = instances(stack, run_id)
     states = {k: str(t["state"]) for k, t in tis.items()}
     assert all(s in ("success", "skipped") for s in states.values()), states
     assert states[retried] == "success", states
-    assert tis[retried]["try_number"] == 2, tis[retried]
+    assert tis[retried]["try_number"] == tries, tis[retried]
     assert stack.xcom(run_id, "report")["phase"] == "completed"
 
 
@@ -134,21 +144,67 @@ def test_a_namespace_failed_by_airflow_while_waiting_for_its_wave_still_moves(
     assert_completed_with_one_retry(stack, run_id, key)
 
 
-def test_an_approval_failed_by_airflow_asks_again(stack: Stack) -> None:
+def scheduler_pid() -> int:
+    """The scheduler `airflow standalone` started (not a process it forked)."""
+    commands, table = procfs.commands(), procfs.stats()
+    found = [
+        pid
+        for pid, command in commands.items()
+        if "airflow scheduler" in command
+        and pid in table
+        and "airflow standalone" in commands.get(table[pid].parent, "")
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@contextmanager
+def scheduler_stopped() -> Iterator[None]:
+    """The scheduler frozen (SIGSTOP): a task it was about to queue stays scheduled."""
+    pid = scheduler_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def attempt_log(stack: Stack, run_id: str, task_id: str, attempt: int) -> str:
+    folder = stack.airflow_home / "logs" / "dag_id=istio_canary_upgrade" / f"run_id={run_id}"
+    return "\n".join(
+        p.read_text() for p in sorted((folder / f"task_id={task_id}").glob(f"attempt={attempt}*"))
+    )
+
+
+def test_an_approval_failed_by_airflow_keeps_its_deadline_and_the_answer_given(
+    stack: Stack,
+) -> None:
     reseed(stack)
     run_id = stack.start(wave_concurrency=4, require_approval=True)
     wait_until(stack, run_id, "approve_canary", "awaiting_input")
+    # failed while it waits: the retry finds no answer and asks again, until the same deadline
     state = emulate_spurious_failure(stack, run_id, "approve_canary", "awaiting_input")
     assert state == "up_for_retry"
-    wait_until(stack, run_id, "approve_canary", "awaiting_input")  # asked again
+    wait_until(stack, run_id, "approve_canary", "awaiting_input")
+    asked = [float(t) for t in ASKED.findall(attempt_log(stack, run_id, "approve_canary", 2))]
+    full = float(ASKED.findall(attempt_log(stack, run_id, "approve_canary", 1))[0])
+    assert len(asked) == 1 and asked[0] < full, (asked, full)
+    # Answered, then failed by Airflow before the answer reaches the task, as 3.3.2 does to an
+    # approval answered before the executor reported the try that asked (#71172). The
+    # scheduler is frozen so that the answered task is still waiting to be queued.
     path = f"/api/v2/dags/istio_canary_upgrade/dagRuns/{run_id}/taskInstances/approve_canary"
-    # Answer as a person would, not within a second of the question: Airflow 3.3.2 fails an
-    # approval answered before the executor has reported the try that asked (its "success"
-    # then finds the task queued again: apache/airflow#71172). Seen here in CI, answering at
-    # once; a real answer comes minutes later.
-    time.sleep(ANSWER_AFTER_SECONDS)
-    stack.api.call(
-        "PATCH", f"{path}/-1/hitlDetails", {"chosen_options": [approval.APPROVE],
-                                             "params_input": {}}
-    )  # fmt: skip
-    assert_completed_with_one_retry(stack, run_id, "approve_canary")
+    time.sleep(ANSWER_AFTER_SECONDS)  # the executor has reported the try that asked
+    with scheduler_stopped():
+        stack.api.call(
+            "PATCH", f"{path}/-1/hitlDetails", {"chosen_options": [approval.APPROVE],
+                                                 "params_input": {}}
+        )  # fmt: skip
+        assert emulate_spurious_failure(stack, run_id, "approve_canary", "scheduled") == (
+            "up_for_retry"
+        )
+    assert_completed_with_retries(stack, run_id, "approve_canary", tries=3)
+    third = attempt_log(stack, run_id, "approve_canary", 3)
+    assert "kept the answer given to an earlier try: approved by admin" in third, third[-3000:]
+    assert not ASKED.findall(third), third[-3000:]  # not asked a third time
+    answer = stack.xcom(run_id, "approve_canary")
+    assert (answer["option"], answer["by"], answer["timed_out"]) == ("Approve", "admin", False)
