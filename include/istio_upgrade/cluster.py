@@ -169,20 +169,34 @@ def tag_revision(kube: Kube, tag: str) -> str | None:
 
 def revision_objects(kube: Kube, revision: str) -> list[str]:
     """The objects a revision's install owns that are still present (empty once uninstalled)."""
-    found = []
-    if kube.apps.list_namespaced_deployment(
-        ISTIO_NAMESPACE, field_selector=f"metadata.name=istiod-{revision}"
-    ).items:
-        found.append(f"deployment/istiod-{revision}")
-    if kube.core.list_namespaced_service(
-        ISTIO_NAMESPACE, field_selector=f"metadata.name=istiod-{revision}"
-    ).items:
-        found.append(f"service/istiod-{revision}")
-    if kube.admission.list_mutating_webhook_configuration(
-        field_selector=f"metadata.name=istio-sidecar-injector-{revision}"
-    ).items:
-        found.append(f"mutatingwebhookconfiguration/istio-sidecar-injector-{revision}")
-    return found
+    return [name for name, _ in _revision_objects(kube, revision)]
+
+
+def revision_objects_kept(kube: Kube, revision: str) -> list[str]:
+    """Those of `revision_objects` that no one asked to delete (no deletionTimestamp): what
+    an uninstall left alone, rather than what is still on its way out."""
+    return [name for name, meta in _revision_objects(kube, revision) if not meta.deletion_timestamp]
+
+
+def _revision_objects(kube: Kube, revision: str) -> list[tuple[str, Any]]:
+    """(kind/name, metadata) of the revision's istiod Deployment, Service and injector webhook."""
+    by_name = f"metadata.name=istiod-{revision}"
+    listed = [
+        (
+            "deployment",
+            kube.apps.list_namespaced_deployment(ISTIO_NAMESPACE, field_selector=by_name),
+        ),
+        ("service", kube.core.list_namespaced_service(ISTIO_NAMESPACE, field_selector=by_name)),
+        (
+            "mutatingwebhookconfiguration",
+            kube.admission.list_mutating_webhook_configuration(
+                field_selector=f"metadata.name=istio-sidecar-injector-{revision}"
+            ),
+        ),
+    ]
+    return [
+        (f"{kind}/{o.metadata.name}", o.metadata) for kind, found in listed for o in found.items
+    ]
 
 
 # --- namespaces, workloads and pods -------------------------------------------------------

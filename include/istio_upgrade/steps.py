@@ -393,6 +393,17 @@ def uninstall(
             "uninstalled",
             "see istioctl's output:\n" + result.summary(),
         )
+    kept = cluster.revision_objects_kept(kube, revision)
+    if kept:
+        # istioctl's delete calls have returned: what is not even being deleted was left
+        # alone (its pruning selects by istioctl's owner labels), and waiting will not help
+        raise ClusterStateError(
+            f"revision {revision}",
+            ", ".join(kept),
+            "deleted by istioctl uninstall, which exited 0 but did not delete these",
+            "they lack istioctl's owner labels (installed with Helm or another installer?): "
+            "remove them with that installer, then clear this task",
+        )
     if not settle(lambda: not revision_objects(kube, revision), settle_seconds):
         raise ClusterStateError(
             f"revision {revision}",
