@@ -134,7 +134,53 @@ istioctl_build() {
 istioctl_old() { istioctl_build "$ISTIO_OLD_MODULE" "$ISTIO_OLD_VERSION"; }
 istioctl_new() { istioctl_build "$ISTIO_NEW_MODULE" "$ISTIO_NEW_VERSION"; }
 
-all=(etcd kwok kubernetes istioctl_old istioctl_new)
+helm() {
+  local dir="$CACHE/helm-$HELM_VERSION"
+  have_all "$dir" helm && { echo "$dir"; return; }
+  local work; work=$(mktemp -d)
+  (
+    cd "$work"
+    go mod init sandbox/helm >/dev/null 2>&1
+    go get "helm.sh/helm/v3@$HELM_VERSION" >/dev/null 2>&1
+    mkdir -p "$dir"
+    timed "helm $HELM_VERSION" go build -trimpath \
+      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+      -o "$dir/helm" helm.sh/helm/v3/cmd/helm
+  )
+  rm -rf "$work"
+  echo "$dir"
+}
+
+# Istio's charts of one version (base, istiod, gateway), packaged from the istio module with
+# the chart and app version set (the module's charts carry development placeholders).
+istio_charts() {
+  local module=$1 version=$2 dir="$CACHE/istio-charts-$2"
+  local charts=(base istiod gateway)
+  local all_there=1
+  for c in "${charts[@]}"; do [ -f "$dir/$c.tgz" ] || all_there=0; done
+  [ "$all_there" = 1 ] && { echo "$dir"; return; }
+  local helm_bin src work
+  helm_bin="$(helm)/helm"
+  src=$(go mod download -json "istio.io/istio@$module" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  work=$(mktemp -d)
+  mkdir -p "$dir"
+  local -A from=([base]=base [istiod]=istio-control/istio-discovery [gateway]=gateway)
+  for c in "${charts[@]}"; do
+    # a copy: the module cache is read-only, and helm package writes nothing there anyway
+    cp -r "$src/manifests/charts/${from[$c]}" "$work/$c" && chmod -R u+w "$work/$c"
+    "$helm_bin" package "$work/$c" --version "$version" --app-version "$version" \
+      -d "$work/out" >/dev/null
+    mv "$work/out/"*"-$version.tgz" "$dir/$c.tgz"
+  done
+  rm -rf "$work"
+  log "packaged istio charts $version"
+  echo "$dir"
+}
+
+istio_charts_old() { istio_charts "$ISTIO_OLD_MODULE" "$ISTIO_OLD_VERSION"; }
+istio_charts_new() { istio_charts "$ISTIO_NEW_MODULE" "$ISTIO_NEW_VERSION"; }
+
+all=(etcd kwok kubernetes istioctl_old istioctl_new helm istio_charts_old istio_charts_new)
 for c in "${@:-${all[@]}}"; do
   case " ${all[*]} " in *" $c "*) "$c" ;; *) echo "unknown component '$c'; use one of: ${all[*]}" >&2; exit 2 ;; esac
 done

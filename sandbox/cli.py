@@ -11,7 +11,7 @@ import time
 
 from sandbox import pki
 from sandbox.components import COMPONENTS, REPO, Layout, default_layout, pid_of, start, stop
-from sandbox.seed import ensure_nodes, seed
+from sandbox.seed import INSTALLERS, ensure_nodes, seed
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -66,6 +66,9 @@ def env_lines(layout: Layout) -> list[str]:
         f"export SANDBOX_KUBECTL={cache}/kubernetes-{v['KUBERNETES_VERSION']}/kubectl",
         f"export SANDBOX_ISTIOCTL_OLD={cache}/istioctl-{v['ISTIO_OLD_VERSION']}/istioctl",
         f"export SANDBOX_ISTIOCTL_NEW={cache}/istioctl-{v['ISTIO_NEW_VERSION']}/istioctl",
+        f"export SANDBOX_HELM={cache}/helm-{v['HELM_VERSION']}/helm",
+        f"export SANDBOX_CHARTS_OLD={cache}/istio-charts-{v['ISTIO_OLD_VERSION']}",
+        f"export SANDBOX_CHARTS_NEW={cache}/istio-charts-{v['ISTIO_NEW_VERSION']}",
         f"export SANDBOX_OLD_VERSION={v['ISTIO_OLD_VERSION']}",
         f"export SANDBOX_NEW_VERSION={v['ISTIO_NEW_VERSION']}",
         f"export SANDBOX_OLD_REVISION={revision_of(v['ISTIO_OLD_VERSION'])}",
@@ -73,7 +76,7 @@ def env_lines(layout: Layout) -> list[str]:
     ]
 
 
-def up(layout: Layout, do_seed: bool, extra_namespaces: int) -> None:
+def up(layout: Layout, do_seed: bool, extra_namespaces: int, installer: str) -> None:
     t0 = time.monotonic()
     subprocess.run(
         [str(REPO / "sandbox" / "build.sh")],
@@ -93,6 +96,7 @@ def up(layout: Layout, do_seed: bool, extra_namespaces: int) -> None:
             revision_of(v["ISTIO_OLD_VERSION"]),
             revision_of(v["ISTIO_NEW_VERSION"]),
             extra_namespaces,
+            installer,
         )
     what = f"started {', '.join(started)}" if started else "everything was already running"
     print(f"[sandbox] up in {time.monotonic() - t0:.1f}s: {what}", file=sys.stderr)
@@ -134,9 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="with --seed: N more meshed namespaces (one Deployment each)",
     )
+    p_reset = sub.add_parser("reset", help="back to the seeded state (old revision everywhere)")
+    for p in (p_up, p_reset):
+        p.add_argument(
+            "--installer",
+            choices=INSTALLERS,
+            default="istioctl",
+            help="what installs the old revision when seeding (helm: Istio's charts)",
+        )
     p_down = sub.add_parser("down", help="stop every component")
     p_down.add_argument("--purge", action="store_true", help="also delete the sandbox state")
-    sub.add_parser("reset", help="back to the seeded state (old revision everywhere)")
     sub.add_parser("status", help="which components run")
     sub.add_parser("env", help="print shell exports for the sandbox (KUBECONFIG, ...)")
     args = parser.parse_args(argv)
@@ -144,12 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         if args.extra_namespaces < 0:
             parser.error("--extra-namespaces must be 0 or more")
-        up(layout, args.seed, args.extra_namespaces)
+        up(layout, args.seed, args.extra_namespaces, args.installer)
     elif args.command == "down":
         down(layout, args.purge)
     elif args.command == "reset":
         v = versions()
-        seed(layout, revision_of(v["ISTIO_OLD_VERSION"]), revision_of(v["ISTIO_NEW_VERSION"]))
+        seed(
+            layout,
+            revision_of(v["ISTIO_OLD_VERSION"]),
+            revision_of(v["ISTIO_NEW_VERSION"]),
+            installer=args.installer,
+        )
     elif args.command == "status":
         return status(layout)
     else:

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from sandbox import helm
 from sandbox.components import REPO, Layout, binary
 
 RBAC = REPO / "include" / "rbac.yaml"
@@ -224,29 +225,89 @@ def restart_all(layout: Layout, namespaces: list[str]) -> None:
                 kubectl(layout, "rollout", "restart", "-n", ns, *names)
 
 
-def seed(layout: Layout, old_revision: str, new_revision: str, extra_namespaces: int = 0) -> None:
-    """Converge to the procedure's starting state, from an empty cluster or from whatever a
-    test or demo left behind: the old revision installed and tagged `default`, every meshed
-    pod on it, the new revision absent, traffic knobs at their defaults."""
-    t0 = time.monotonic()
-    layout.knobs.unlink(missing_ok=True)
+INSTALLERS = ("istioctl", "helm")
+
+
+def helm_releases(layout: Layout) -> list[str]:
+    """Helm releases in istio-system, from Helm's release Secrets (no helm process)."""
+    out = kubectl(
+        layout, "get", "secrets", "-n", "istio-system",
+        "--field-selector=type=helm.sh/release.v1", "-o", "json",
+    )  # fmt: skip
+    return sorted({s["metadata"]["labels"]["name"] for s in json.loads(out)["items"]})
+
+
+def helm_owned(layout: Layout, revision: str) -> bool:
+    out = kubectl(
+        layout, "get", "deployment", "-n", "istio-system", f"istiod-{revision}",
+        "--ignore-not-found", "-o", "json",
+    )  # fmt: skip
+    return bool(out.strip()) and helm.HELM_RELEASE in json.loads(out)["metadata"].get(
+        "annotations", {}
+    )
+
+
+def remove_helm_mesh(layout: Layout, releases: list[str]) -> None:
+    """Every Istio release Helm installed, and the tags rendered beside them."""
+    for release in releases:
+        if release != helm.BASE_RELEASE:
+            helm.helm(layout, "uninstall", release, "--wait")
+    kubectl(
+        layout, "delete", "mutatingwebhookconfiguration,service", "-A",
+        "-l", "istio.io/tag", "--ignore-not-found",
+    )  # fmt: skip
+    if helm.BASE_RELEASE in releases:
+        helm.helm(layout, "uninstall", helm.BASE_RELEASE, "--wait")
+
+
+def install_old(layout: Layout, old_revision: str, installer: str) -> None:
+    """The old revision installed and tagged `default` by `installer`, converting a mesh the
+    other installer owns (its pods keep running: the revision's name stays the same)."""
+    versions = _versions()
+    if installer == "helm":
+        if control_plane_installed(layout, old_revision) and not helm_owned(layout, old_revision):
+            istioctl(layout, "old", "uninstall", "--purge", "-y")
+        helm.set_base(layout, "old", versions["old"], old_revision)
+        if not control_plane_installed(layout, old_revision):
+            helm.install_revision(layout, "old", versions["old"], old_revision)
+        if tag_revision(layout, "default") != old_revision:
+            tag = helm.tag_manifest(layout, "old", "default", old_revision)
+            kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=tag)
+        return
+    if releases := helm_releases(layout):
+        remove_helm_mesh(layout, releases)
     if not control_plane_installed(layout, old_revision):
         istioctl(
-            layout,
-            "old",
-            "install",
-            "-y",
-            "--set",
-            f"revision={old_revision}",
-            "--set",
-            "profile=minimal",
-            "--readiness-timeout",
-            "3m",
-        )
+            layout, "old", "install", "-y", "--set", f"revision={old_revision}",
+            "--set", "profile=minimal", "--readiness-timeout", "3m",
+        )  # fmt: skip
     if tag_revision(layout, "default") != old_revision:
         istioctl(
             layout, "old", "tag", "set", "default", "--revision", old_revision, "--overwrite", "-y"
         )
+
+
+def _versions() -> dict[str, str]:
+    from sandbox.cli import versions
+
+    v = versions()
+    return {"old": v["ISTIO_OLD_VERSION"], "new": v["ISTIO_NEW_VERSION"]}
+
+
+def seed(
+    layout: Layout,
+    old_revision: str,
+    new_revision: str,
+    extra_namespaces: int = 0,
+    installer: str = "istioctl",
+) -> None:
+    """Converge to the procedure's starting state, from an empty cluster or from whatever a
+    test or demo left behind: the old revision installed (by `installer`) and tagged
+    `default`, every meshed pod on it, the new revision absent, traffic knobs at their
+    defaults."""
+    t0 = time.monotonic()
+    layout.knobs.unlink(missing_ok=True)
+    install_old(layout, old_revision, installer)
     # What README asks of a real cluster: the ServiceAccount in-cluster istioctl runs as.
     kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", str(RBAC))
     # Kept failed istioctl pods of earlier runs (istioctl_runner 'pod').
@@ -269,10 +330,13 @@ def seed(layout: Layout, old_revision: str, new_revision: str, extra_namespaces:
     )
     restart_all(layout, stale)
     if control_plane_installed(layout, new_revision):
-        istioctl(layout, "new", "uninstall", "--revision", new_revision, "-y")
+        if helm_owned(layout, new_revision):
+            helm.uninstall_revision(layout, new_revision)
+        else:
+            istioctl(layout, "new", "uninstall", "--revision", new_revision, "-y")
     wait_for_mesh(layout, old_revision)
     print(
-        f"[sandbox] seeded revision {old_revision} in {time.monotonic() - t0:.1f}s "
+        f"[sandbox] seeded revision {old_revision} ({installer}) in {time.monotonic() - t0:.1f}s "
         f"(restarted: {', '.join(stale) or 'nothing'})",
         file=sys.stderr,
     )

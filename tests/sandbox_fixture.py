@@ -79,9 +79,10 @@ class Sandbox:
             versions[f"{obj['kind']}/{ns}/{meta['name']}"] = meta["resourceVersion"]
         return versions
 
-    def reset(self) -> None:
-        """Back to the seeded starting state (old revision everywhere, default knobs)."""
-        subprocess.run([SANDBOX, "reset"], check=True)
+    def reset(self, installer: str = "istioctl") -> None:
+        """Back to the seeded starting state (old revision everywhere, default knobs), the
+        old revision installed by `installer` (istioctl, or helm: Istio's charts)."""
+        subprocess.run([SANDBOX, "reset", "--installer", installer], check=True)
 
 
 @pytest.fixture(scope="session")

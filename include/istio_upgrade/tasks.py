@@ -142,7 +142,7 @@ def release_lock(rp: ResolvedParams | None) -> None:
 def show_plan(rp: ResolvedParams) -> str:
     """The dry run: the plan as text, nothing changed."""
     run = _run(rp)
-    text = plan.render_plan(plan.build_plan(run.rp, cluster.snapshot(run.kube)))
+    text = plan.render_plan(plan.build_plan(rp, cluster.snapshot(run.kube)))
     log.info("dry run, nothing changed:\n%s", text)
     return text
 
@@ -160,16 +160,14 @@ def install(rp: ResolvedParams, run_id: str) -> bool:
         run.kube,
         run.istioctl,
         run.target,
-        run.rp.params.install_profile,
-        run.rp.params.install_overlay or None,
+        rp.params.install_profile,
+        rp.params.install_overlay or None,
     )
 
 
 def move_tag(rp: ResolvedParams, run_id: str, to_current: bool = False) -> bool:
     run = _run(rp, run_id)
-    return steps.move_tag(
-        run.kube, run.istioctl, run.rp.tag, run.current if to_current else run.target
-    )
+    return steps.move_tag(run.kube, run.istioctl, rp.tag, run.current if to_current else run.target)
 
 
 def _gateways(rp: ResolvedParams) -> list[WorkloadRef]:
@@ -179,13 +177,13 @@ def _gateways(rp: ResolvedParams) -> list[WorkloadRef]:
 def restart_gateways(rp: ResolvedParams, run_id: str) -> list[WorkloadRef]:
     run = _run(rp)
     return steps.restart_workloads(
-        run.kube, _gateways(run.rp), run.target, steps.restart_stamp(run_id, run.target)
+        run.kube, _gateways(rp), run.target, steps.restart_stamp(run_id, run.target)
     )
 
 
 def verify_gateways(rp: ResolvedParams) -> steps.Verified:
     run = _run(rp)
-    return steps.verify_workloads(run.kube, _gateways(run.rp), run.target)
+    return steps.verify_workloads(run.kube, _gateways(rp), run.target)
 
 
 def measure_baseline(rp: ResolvedParams) -> list[health.MetricCheck]:
@@ -328,11 +326,11 @@ def remove_old_revision(rp: ResolvedParams, run_id: str, now: float | None = Non
         # A retry after the removal: done, whatever the window says now.
         return f"revision {run.current} is removed"
     held = deadline.removal_held(
-        run.rp.window_end, time.time() if now is None else now, run.current, run.target
+        rp.window_end, time.time() if now is None else now, run.current, run.target
     )
     if held:
         raise WavesPaused(held)
-    unused = steps.check_unused(run.kube, run.current, run.rp.kept_by, _gateways(run.rp))
+    unused = steps.check_unused(run.kube, run.current, rp.kept_by, _gateways(rp))
     steps.uninstall(run.kube, run.istioctl, run.current)
     return f"{unused}: removed"
 
@@ -344,22 +342,22 @@ def restart_moved_back(rp: ResolvedParams, run_id: str) -> list[WorkloadRef]:
     """Restart everything that runs the target revision (gateways, canary, any wave) back."""
     run = _run(rp)
     stamp = steps.restart_stamp(run_id, run.current)
-    gateways = steps.restart_workloads(run.kube, _gateways(run.rp), run.current, stamp)
-    moved = steps.moved_namespaces(run.kube, run.rp.namespaces, run.target)
+    gateways = steps.restart_workloads(run.kube, _gateways(rp), run.current, stamp)
+    moved = steps.moved_namespaces(run.kube, rp.namespaces, run.target)
     log.info("rollback namespaces=%s", ",".join(moved) or "none")
     return gateways + steps.restart_namespaces(run.kube, moved, run.current, stamp)
 
 
 def verify_rolled_back(rp: ResolvedParams) -> steps.Verified:
     run = _run(rp)
-    steps.verify_workloads(run.kube, _gateways(run.rp), run.current)
-    return steps.verify_namespaces(run.kube, list(run.rp.namespaces), run.current)
+    steps.verify_workloads(run.kube, _gateways(rp), run.current)
+    return steps.verify_namespaces(run.kube, list(rp.namespaces), run.current)
 
 
 def remove_new_revision(rp: ResolvedParams, run_id: str) -> str:
     """After a rollback, optionally uninstall the target revision once nothing uses it."""
     run = _run(rp, run_id)
-    if not run.rp.params.remove_new_revision_on_rollback:
+    if not rp.params.remove_new_revision_on_rollback:
         return f"kept revision {run.target} (remove_new_revision_on_rollback is off)"
     steps.check_unused(run.kube, run.target, KeptBy())  # nothing may use it: any user refuses
     steps.uninstall(run.kube, run.istioctl, run.target)
@@ -437,7 +435,7 @@ def final_report(
     held = waves.held(outcomes)
     held_names = [o.namespace for o in held]
     phase = phase_of(
-        after, run.rp, rolled_back, held_names, removal_held is not None, old_kept is not None
+        after, rp, rolled_back, held_names, removal_held is not None, old_kept is not None
     )
     if phase is UpgradePhase.COMPLETED and old_kept:
         reason = f"every namespace of the run runs {run.target}; {old_kept}"
@@ -455,13 +453,13 @@ def final_report(
         left = [
             ns.name
             for ns in after.namespaces
-            if ns.name in run.rp.namespaces and not progress.on_revision(ns, run.target)
+            if ns.name in rp.namespaces and not progress.on_revision(ns, run.target)
         ]
         reason = deadline.paused_reason(left, [h.reason for h in held])
     elif phase is UpgradePhase.ROLLED_BACK:
         reason = result.reason
     else:
-        tag = (after.tag(run.rp.tag) or RevisionTag(run.rp.tag, "?")).revision
+        tag = (after.tag(rp.tag) or RevisionTag(rp.tag, "?")).revision
         culprit = f"{', '.join(failed)} failed" if failed else "stopped"
         reason = f"{culprit} with the tag on {tag}: see the failed task; clear it to resume"
     if failed and phase is UpgradePhase.ROLLED_BACK:

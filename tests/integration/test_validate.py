@@ -9,7 +9,6 @@ from sandbox_fixture import Sandbox
 
 from istio_upgrade import cluster, steps
 from istio_upgrade.errors import ClusterStateError, ParamError
-from istio_upgrade.installer import HELM_RELEASE
 
 pytestmark = pytest.mark.sandbox
 
@@ -88,25 +87,29 @@ def test_bad_params_are_refused_before_any_change(
     assert sandbox.resource_versions() == before
 
 
-def test_a_revision_helm_installed_is_refused_before_any_change(sandbox: Sandbox) -> None:
-    """Helm's release annotation on the current istiod (what `helm install` leaves on every
-    object it creates): the run refuses to go on with istioctl over it."""
+def test_a_mesh_helm_installed_is_refused_before_any_change(sandbox: Sandbox) -> None:
+    """A mesh installed with Istio's charts (`sandbox reset --installer helm`: base, then
+    istiod-<old>, tags from the chart's templates): the run refuses to go on with istioctl."""
     kube = sandbox.kube()
-    current = cluster.tag_revision(kube, "default")
-    name = f"istiod-{current}"
-
-    def annotate(release: str | None) -> None:
-        body = {"metadata": {"annotations": {HELM_RELEASE: release}}}
-        kube.apps.patch_namespaced_deployment(name, cluster.ISTIO_NAMESPACE, body)
-
-    annotate(name)
+    old = sandbox.old_revision
+    sandbox.reset(installer="helm")
     try:
+        releases = kube.core.list_namespaced_secret(
+            cluster.ISTIO_NAMESPACE, field_selector="type=helm.sh/release.v1"
+        ).items
+        assert {s.metadata.labels["name"] for s in releases} == {"istio-base", f"istiod-{old}"}
+        snapshot = cluster.snapshot(kube)
+        plane = snapshot.control_plane(old)
+        assert plane is not None and plane.helm_release == f"istiod-{old}", plane
+        assert cluster.tag_revision(kube, "default") == old
         before = sandbox.resource_versions()
         with pytest.raises(ClusterStateError) as err:
             steps.validate(kube, params(sandbox))
-        assert f"installer of deployment istio-system/{name} is 'Helm'" in str(err.value)
+        assert f"installer of deployment istio-system/istiod-{old} is 'Helm'" in str(err.value)
         assert "upgrade a Helm-managed Istio with Helm" in str(err.value)
         assert sandbox.resource_versions() == before
     finally:
-        annotate(None)
-    steps.validate(kube, params(sandbox))  # the same mesh without Helm's mark passes
+        sandbox.reset()  # istioctl takes the mesh back
+    plane = cluster.snapshot(kube).control_plane(old)
+    assert plane is not None and plane.helm_release is None, plane
+    steps.validate(kube, params(sandbox))  # the same mesh, istioctl's again, passes
