@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from istio_upgrade.injection import INJECTOR_SUFFIX, Injector, LabelSelector, Requirement
 from istio_upgrade.installer import helm_release
 from istio_upgrade.model import (
     INJECTION_LABEL,
@@ -160,6 +161,35 @@ def revision_tags(kube: Kube) -> tuple[RevisionTag, ...]:
         if REV_LABEL in (w.metadata.labels or {})
     ]
     return tuple(sorted(tags, key=lambda t: t.name))
+
+
+def injectors(kube: Kube) -> tuple[Injector, ...]:
+    """Every sidecar-injection webhook of every MutatingWebhookConfiguration."""
+    found = []
+    for config in kube.admission.list_mutating_webhook_configuration().items:
+        for hook in config.webhooks or []:
+            if hook.name.endswith(INJECTOR_SUFFIX):
+                found.append(
+                    Injector(
+                        config.metadata.name,
+                        hook.name,
+                        _selector(hook.namespace_selector),
+                        _selector(hook.object_selector),
+                    )
+                )
+    return tuple(found)
+
+
+def _selector(selector: Any) -> LabelSelector:
+    if selector is None:
+        return LabelSelector()
+    return LabelSelector(
+        tuple(sorted((selector.match_labels or {}).items())),
+        tuple(
+            Requirement(e.key, e.operator, tuple(e.values or ()))
+            for e in selector.match_expressions or []
+        ),
+    )
 
 
 def tag_revision(kube: Kube, tag: str) -> str | None:

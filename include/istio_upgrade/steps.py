@@ -24,6 +24,7 @@ from istio_upgrade.errors import (
     ParamError,
     RevisionInUse,
 )
+from istio_upgrade.injection import check_one_injector
 from istio_upgrade.installer import check_istioctl_owns
 from istio_upgrade.istioctl import (
     Runner,
@@ -94,6 +95,10 @@ def validate(kube: Kube, raw: dict[str, Any]) -> ResolvedParams:
     check_istioctl(kube, params)
     resolved = check_against_cluster(params, snap)
     check_istioctl_owns(snap, (resolved.current_revision, resolved.target_revision))
+    moved = set(resolved.namespaces) | {g.namespace for g in params.gateway_refs}
+    check_one_injector(
+        cluster.injectors(kube), {n.name: n.labels for n in snap.namespaces if n.name in moved}
+    )
     log.info(
         "validated target=%s current=%s tag=%s canary=%s namespaces=%d resumed=%s",
         resolved.target_revision,

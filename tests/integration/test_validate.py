@@ -113,3 +113,30 @@ def test_a_mesh_helm_installed_is_refused_before_any_change(sandbox: Sandbox) ->
     plane = cluster.snapshot(kube).control_plane(old)
     assert plane is not None and plane.helm_release is None, plane
     steps.validate(kube, params(sandbox))  # the same mesh, istioctl's again, passes
+
+
+def test_a_legacy_injector_beside_the_tag_is_refused_before_any_change(sandbox: Sandbox) -> None:
+    """An `istio-sidecar-injector` left by an install without revision selects the same
+    namespaces as the `default` tag (IST0139): the run refuses, naming both."""
+    kube = sandbox.kube()
+    tag = kube.admission.read_mutating_webhook_configuration("istio-revision-tag-default")
+    legacy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "istio-sidecar-injector"},
+        "webhooks": [
+            {**kube.api.sanitize_for_serialization(w), "failurePolicy": "Ignore"}
+            for w in tag.webhooks
+        ],
+    }
+    kube.admission.create_mutating_webhook_configuration(legacy)
+    try:
+        before = sandbox.resource_versions()
+        with pytest.raises(ClusterStateError) as err:
+            steps.validate(kube, params(sandbox))
+        message = str(err.value)
+        assert "foo: istio-revision-tag-default, istio-sidecar-injector" in message, message
+        assert "IST0139" in message
+        assert sandbox.resource_versions() == before
+    finally:
+        kube.admission.delete_mutating_webhook_configuration("istio-sidecar-injector")
