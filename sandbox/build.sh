@@ -83,28 +83,34 @@ GO
   echo "$dir"
 }
 
-kwok() {
-  local dir="$CACHE/kwok-$KWOK_VERSION"
-  have_all "$dir" kwok && [ -d "$dir/stages" ] && { echo "$dir"; return; }
+# module_build DIR BIN MODULE VERSION PKG LDFLAGS: builds package PKG of MODULE@VERSION into
+# DIR/BIN from a scratch module (the module's own go.mod replaces do not apply to a dependency).
+module_build() {
+  local dir=$1 bin=$2 module=$3 version=$4 pkg=$5 ld=$6
   local work; work=$(mktemp -d)
   (
     cd "$work"
-    go mod init sandbox/kwok >/dev/null 2>&1
-    go get "sigs.k8s.io/kwok@$KWOK_VERSION" >/dev/null 2>&1
+    go mod init "sandbox/$bin" >/dev/null 2>&1
+    go get "$module@$version" >/dev/null 2>&1
     mkdir -p "$dir"
-    timed "kwok $KWOK_VERSION" go build -trimpath \
-      -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
-      -o "$dir/kwok" sigs.k8s.io/kwok/cmd/kwok
-    # kwok's own stage definitions (node and pod lifecycles) ship in the module: keep them
-    # beside the binary so the sandbox can compose its config from them.
-    local src; src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
-    mkdir -p "$dir/stages"
-    cp "$src"/node/fast/node-initialize.yaml "$src"/node/heartbeat/node-heartbeat.yaml \
-      "$src"/pod/fast/pod-ready.yaml "$src"/pod/fast/pod-complete.yaml \
-      "$src"/pod/fast/pod-delete.yaml "$dir/stages/"
-    chmod 644 "$dir"/stages/*
+    timed "$bin $version" go build -trimpath -ldflags "-s -w $ld" -o "$dir/$bin" "$pkg"
   )
   rm -rf "$work"
+}
+
+kwok() {
+  local dir="$CACHE/kwok-$KWOK_VERSION"
+  have_all "$dir" kwok && [ -d "$dir/stages" ] && { echo "$dir"; return; }
+  module_build "$dir" kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok \
+    "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
+  # kwok's own stage definitions (node and pod lifecycles) ship in the module: keep them
+  # beside the binary so the sandbox can compose its config from them.
+  local src; src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+  mkdir -p "$dir/stages"
+  cp "$src"/node/fast/node-initialize.yaml "$src"/node/heartbeat/node-heartbeat.yaml \
+    "$src"/pod/fast/pod-ready.yaml "$src"/pod/fast/pod-complete.yaml \
+    "$src"/pod/fast/pod-delete.yaml "$dir/stages/"
+  chmod 644 "$dir"/stages/*
   echo "$dir"
 }
 
@@ -137,17 +143,8 @@ istioctl_new() { istioctl_build "$ISTIO_NEW_MODULE" "$ISTIO_NEW_VERSION"; }
 helm() {
   local dir="$CACHE/helm-$HELM_VERSION"
   have_all "$dir" helm && { echo "$dir"; return; }
-  local work; work=$(mktemp -d)
-  (
-    cd "$work"
-    go mod init sandbox/helm >/dev/null 2>&1
-    go get "helm.sh/helm/v3@$HELM_VERSION" >/dev/null 2>&1
-    mkdir -p "$dir"
-    timed "helm $HELM_VERSION" go build -trimpath \
-      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-      -o "$dir/helm" helm.sh/helm/v3/cmd/helm
-  )
-  rm -rf "$work"
+  module_build "$dir" helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
   echo "$dir"
 }
 

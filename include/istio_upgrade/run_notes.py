@@ -17,6 +17,7 @@ from istio_upgrade.cluster import Kube
 from istio_upgrade.health import GateState
 
 GATE = "gate"
+APPROVAL = "approval"
 
 
 def save_gate(kube: Kube, holder: str, state: GateState) -> None:
@@ -32,9 +33,6 @@ def saved_gate(kube: Kube, holder: str) -> GateState | None:
 def forget_gate(kube: Kube, holder: str) -> None:
     """The verdict is the task's result now: a later clear of the task judges afresh."""
     upgrade_lock.write_note(kube, holder, GATE, None)
-
-
-APPROVAL = "approval"
 
 
 def save_asked(kube: Kube, holder: str, deadline: float) -> None:

@@ -236,7 +236,12 @@ class EarlierAnswerTrigger(BaseTrigger):
         from airflow.sdk.execution_time.hitl import get_hitl_detail_content_detail
         from asgiref.sync import sync_to_async
 
-        found = await sync_to_async(get_hitl_detail_content_detail)(ti_id=UUID(self.ti_id))
+        try:
+            found = await sync_to_async(get_hitl_detail_content_detail)(ti_id=UUID(self.ti_id))
+        except Exception as err:  # noqa: BLE001 - none to read (the earlier try never asked)
+            self.log.warning("no earlier answer to read: %s", err)
+            yield TriggerEvent({"received": False, "chosen_options": [], "responded_by_user": None})
+            return
         by = found.responded_by_user
         yield TriggerEvent(
             {

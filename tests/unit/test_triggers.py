@@ -203,3 +203,36 @@ def test_the_gate_goes_on_from_a_check_the_worker_made(monkeypatch: pytest.Monke
     assert event["state"]["checks_done"] == event["state"]["checks_failed"] == 2, event
     assert len(checked_at) == 2, "the trigger checked more than once"
     assert checked_at[1] - deferred_at >= 1.0, "the trigger checked again without waiting"
+
+
+def test_an_earlier_answer_is_read_and_none_to_read_is_no_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the triggerer's HITL read returns becomes the event; a failed read (the earlier
+    try never asked: no Human-in-the-loop row) is no answer, not a failed task."""
+    from airflow.sdk.api.datamodels._generated import HITLDetailResponse, HITLUser
+    from airflow.sdk.execution_time import hitl
+
+    from istio_upgrade.triggers import EarlierAnswerTrigger
+
+    ti_id = "0198e2a4-5d6c-7c9e-8f00-000000000001"
+    answered = HITLDetailResponse(
+        response_received=True,
+        responded_by_user=HITLUser(id="1", name="admin"),
+        responded_at=None,
+        chosen_options=["Approve"],
+    )
+    monkeypatch.setattr(hitl, "get_hitl_detail_content_detail", lambda ti_id: answered)
+    event = first_event(EarlierAnswerTrigger(ti_id))
+    assert event == {
+        "received": True,
+        "chosen_options": ["Approve"],
+        "responded_by_user": {"id": "1", "name": "admin"},
+    }
+
+    def not_found(ti_id: Any) -> Any:
+        raise RuntimeError("HITLDetail not found")
+
+    monkeypatch.setattr(hitl, "get_hitl_detail_content_detail", not_found)
+    assert first_event(EarlierAnswerTrigger(ti_id))["received"] is False
+    assert EarlierAnswerTrigger(ti_id).serialize()[1] == {"ti_id": ti_id}
