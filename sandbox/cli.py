@@ -10,7 +10,16 @@ import sys
 import time
 
 from sandbox import pki
-from sandbox.components import COMPONENTS, REPO, Layout, default_layout, pid_of, start, stop
+from sandbox.components import (
+    COMPONENTS,
+    REPO,
+    Layout,
+    default_layout,
+    pid_of,
+    start,
+    stop,
+    versions,
+)
 from sandbox.seed import INSTALLERS, ensure_nodes, seed
 
 KUBECONFIG = """apiVersion: v1
@@ -30,15 +39,6 @@ contexts:
   context: {{cluster: sandbox, user: admin}}
 current-context: sandbox
 """
-
-
-def versions() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in (REPO / "sandbox" / "versions.env").read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, value = line.split("=", 1)
-            out[key.strip()] = value.strip()
-    return out
 
 
 def revision_of(version: str) -> str:

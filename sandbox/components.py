@@ -225,6 +225,16 @@ def _port_open(port: int) -> bool:
     return True
 
 
+def versions() -> dict[str, str]:
+    """sandbox/versions.env: the version of every component the sandbox builds."""
+    out: dict[str, str] = {}
+    for line in (REPO / "sandbox" / "versions.env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
 def binary(layout: Layout, component: str, name: str) -> str:
     """Path of a built binary: `sandbox/build.sh` prints and fills its cache folder."""
     out = subprocess.run(

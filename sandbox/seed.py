@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from sandbox import helm
-from sandbox.components import REPO, Layout, binary
+from sandbox.components import REPO, Layout, binary, versions
 
 RBAC = REPO / "include" / "rbac.yaml"
 ISTIOCTL_PODS = "app.kubernetes.io/component=istioctl"
@@ -160,23 +160,24 @@ def istioctl(layout: Layout, which: str, *args: str) -> str:
     return out.stdout
 
 
-def control_plane_installed(layout: Layout, revision: str) -> bool:
-    """istiod-<revision> exists and is available (a half-finished install counts as not)."""
+def istiod(layout: Layout, revision: str) -> dict[str, Any] | None:
+    """The Deployment istiod-<revision>, or None."""
     out = kubectl(
-        layout,
-        "get",
-        "deployment",
-        "-n",
-        "istio-system",
-        f"istiod-{revision}",
-        "--ignore-not-found",
-        "-o",
-        "json",
-    )
-    if not out.strip():
-        return False
-    status = json.loads(out).get("status", {})
+        layout, "get", "deployment", "-n", "istio-system", f"istiod-{revision}",
+        "--ignore-not-found", "-o", "json",
+    )  # fmt: skip
+    return json.loads(out) if out.strip() else None
+
+
+def available(deployment: dict[str, Any] | None) -> bool:
+    """The control plane exists and is available (a half-finished install counts as not)."""
+    status = (deployment or {}).get("status", {})
     return bool(status.get("availableReplicas")) and not status.get("unavailableReplicas")
+
+
+def helm_owned(deployment: dict[str, Any] | None) -> bool:
+    annotations = (deployment or {}).get("metadata", {}).get("annotations", {})
+    return helm.HELM_RELEASE in annotations
 
 
 def tag_revision(layout: Layout, tag: str) -> str | None:
@@ -237,16 +238,6 @@ def helm_releases(layout: Layout) -> list[str]:
     return sorted({s["metadata"]["labels"]["name"] for s in json.loads(out)["items"]})
 
 
-def helm_owned(layout: Layout, revision: str) -> bool:
-    out = kubectl(
-        layout, "get", "deployment", "-n", "istio-system", f"istiod-{revision}",
-        "--ignore-not-found", "-o", "json",
-    )  # fmt: skip
-    return bool(out.strip()) and helm.HELM_RELEASE in json.loads(out)["metadata"].get(
-        "annotations", {}
-    )
-
-
 def remove_helm_mesh(layout: Layout, releases: list[str]) -> None:
     """Every Istio release Helm installed, and the tags rendered beside them."""
     for release in releases:
@@ -263,20 +254,24 @@ def remove_helm_mesh(layout: Layout, releases: list[str]) -> None:
 def install_old(layout: Layout, old_revision: str, installer: str) -> None:
     """The old revision installed and tagged `default` by `installer`, converting a mesh the
     other installer owns (its pods keep running: the revision's name stays the same)."""
-    versions = _versions()
+    v = versions()
+    old_version = v["ISTIO_OLD_VERSION"]
+    plane = istiod(layout, old_revision)
     if installer == "helm":
-        if control_plane_installed(layout, old_revision) and not helm_owned(layout, old_revision):
+        if plane and not helm_owned(plane):
             istioctl(layout, "old", "uninstall", "--purge", "-y")
-        helm.set_base(layout, "old", versions["old"], old_revision)
-        if not control_plane_installed(layout, old_revision):
-            helm.install_revision(layout, "old", versions["old"], old_revision)
+            plane = None
+        helm.set_base(layout, "old", old_version, old_revision)
+        if not available(plane):
+            helm.install_revision(layout, "old", old_version, old_revision)
         if tag_revision(layout, "default") != old_revision:
             tag = helm.tag_manifest(layout, "old", "default", old_revision)
             kubectl(layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=tag)
         return
     if releases := helm_releases(layout):
         remove_helm_mesh(layout, releases)
-    if not control_plane_installed(layout, old_revision):
+        plane = istiod(layout, old_revision)
+    if not available(plane):
         istioctl(
             layout, "old", "install", "-y", "--set", f"revision={old_revision}",
             "--set", "profile=minimal", "--readiness-timeout", "3m",
@@ -285,13 +280,6 @@ def install_old(layout: Layout, old_revision: str, installer: str) -> None:
         istioctl(
             layout, "old", "tag", "set", "default", "--revision", old_revision, "--overwrite", "-y"
         )
-
-
-def _versions() -> dict[str, str]:
-    from sandbox.cli import versions
-
-    v = versions()
-    return {"old": v["ISTIO_OLD_VERSION"], "new": v["ISTIO_NEW_VERSION"]}
 
 
 def seed(
@@ -329,8 +317,8 @@ def seed(
         }
     )
     restart_all(layout, stale)
-    if control_plane_installed(layout, new_revision):
-        if helm_owned(layout, new_revision):
+    if available(new := istiod(layout, new_revision)):
+        if helm_owned(new):
             helm.uninstall_revision(layout, new_revision)
         else:
             istioctl(layout, "new", "uninstall", "--revision", new_revision, "-y")

@@ -301,7 +301,7 @@ class CanaryApproval(HITLOperator):
                 trigger=EarlierAnswerTrigger(str(context["ti"].id)),
                 method_name="execute_earlier_answer",
             )
-        return self._ask(context, None)
+        return self._ask(context, kube, None)
 
     def execute_earlier_answer(
         self, context: Context, event: dict[str, Any]
@@ -313,12 +313,14 @@ class CanaryApproval(HITLOperator):
                 event["chosen_options"], event["responded_by_user"], timed_out=False
             )
             self.log.info("kept the answer given to an earlier try: %s", answer.message)
-            return self._hand_over(answer)
+            return self._hand_over(kube, answer)
         deadline = run_notes.asked_until(kube, rp.lock_holder) if kube else None
         self.log.info("an earlier try asked and got no answer: asking again")
-        return self._ask(context, deadline)
+        return self._ask(context, kube, deadline)
 
-    def _ask(self, context: Context, deadline: float | None) -> approval.Answer | None:
+    def _ask(
+        self, context: Context, kube: cluster.Kube | None, deadline: float | None
+    ) -> approval.Answer | None:
         """Ask (the task then awaits input), or take the default when `deadline` passed."""
         rp: ResolvedParams = self.resolved
         question = tasks.approval_question(rp, self.gate)
@@ -326,8 +328,8 @@ class CanaryApproval(HITLOperator):
         deadline = deadline or now + question.timeout_seconds
         if deadline <= now:
             self.log.info("the question's deadline passed while Airflow retried the task")
-            return self._hand_over(approval.Answer(question.default, None, timed_out=True))
-        if kube := notes_kube(rp):
+            return self._hand_over(kube, approval.Answer(question.default, None, timed_out=True))
+        if kube:
             run_notes.save_asked(kube, rp.lock_holder, deadline)
         self.subject = question.subject
         self.body = question.body
@@ -350,10 +352,10 @@ class CanaryApproval(HITLOperator):
             timed_out=bool(event.get("timedout")),
         )
         self.log.info("approval option=%s by=%s", answer.option, answer.by or "nobody (timeout)")
-        return self._hand_over(answer)
+        return self._hand_over(notes_kube(self.resolved), answer)
 
-    def _hand_over(self, answer: approval.Answer) -> approval.Answer:
-        if kube := notes_kube(self.resolved):
+    def _hand_over(self, kube: cluster.Kube | None, answer: approval.Answer) -> approval.Answer:
+        if kube:
             run_notes.forget_asked(kube, self.resolved.lock_holder)
         return answer
 
